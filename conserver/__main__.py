@@ -1,0 +1,3 @@
+from conserver.cli import main
+
+raise SystemExit(main())

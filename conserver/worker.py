@@ -1,0 +1,308 @@
+"""One worker process: ``initialize`` → ``loop`` → ``shutdown`` (Huey's shape).
+
+The supervisor starts this module's :func:`worker_main` through the start method the
+operator chose. Everything with a socket, a thread or a pool — the Redis client, the
+store clients, the fan-out thread pools — is built here, after the process started,
+by the pluggable :class:`WorkerTask` (the default one is ``conserver.pipeline``).
+
+A worker talks to the supervisor through one shared-memory :class:`WorkerSlot`: a
+heartbeat, what it is busy with and since when, how many vCons it finished. Writing a
+few doubles costs nothing on the hot path and needs no pipe the master must drain.
+
+Signals in a worker: SIGTERM/SIGINT ask for a drain (finish the batch in hand, hand back
+what was claimed but not started, exit 0); SIGQUIT exits at once; SIGUSR1 reopens log
+files; SIGUSR2 dumps every thread's stack (faulthandler), used by the supervisor on a
+job that ran past ``JOB_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import importlib
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from conserver.config import Config, PoolConfig
+from conserver.observability import reopen_logs, set_title, setup_logging
+
+log = logging.getLogger("conserver.worker")
+
+# Slot states, written by the worker, read by the supervisor.
+EMPTY, STARTING, IDLE, BUSY, DRAINING, EXITED = range(6)
+STATE_NAMES = {EMPTY: "empty", STARTING: "starting", IDLE: "idle", BUSY: "busy",
+               DRAINING: "draining", EXITED: "exited"}
+
+EXIT_OK = 0
+EXIT_BOOT_ERROR = 3  # the task could not start; the supervisor counts it as a crash
+
+DEFAULT_TASK = "conserver.pipeline:StorePipeline"
+SCHEDULER_TASK = "conserver.pipeline:SchedulerTask"
+
+
+class WorkerSlot(ctypes.Structure):
+    """Shared memory between one worker and the supervisor. Plain stores: no lock needed,
+    each field has one writer and a torn read only delays a decision by one loop turn."""
+
+    _fields_ = [
+        ("pid", ctypes.c_int64),
+        ("state", ctypes.c_int32),
+        ("started", ctypes.c_double),
+        ("heartbeat", ctypes.c_double),
+        ("busy_since", ctypes.c_double),
+        ("processed", ctypes.c_uint64),
+        ("failed", ctypes.c_uint64),
+        ("busy_seconds", ctypes.c_double),
+        ("recycle", ctypes.c_int32),  # the worker asks to be replaced (recycling limits)
+        ("current", ctypes.c_char * 64),
+        ("ident", ctypes.c_char * 160),
+    ]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a new worker needs; pickled for spawn and forkserver."""
+
+    config: Config
+    pool: PoolConfig
+    number: int
+    role: str  # "worker" or "scheduler"
+    task: str  # import path "package.module:Class"
+    master_pid: int
+    slot_index: int
+    generation: int = 0
+
+
+class WorkerTask:
+    """The pluggable step a worker runs. ``run_once`` is one loop turn: it must return
+    within about a second when there is no work, so a drain is seen at once."""
+
+    def __init__(self, ctx: "WorkerContext"):
+        self.ctx = ctx
+
+    def open(self) -> None:
+        """Build clients and pools. Runs in the worker process, never in the supervisor."""
+
+    def run_once(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Hand back claimed but unstarted work; release what ``open`` built."""
+
+    @classmethod
+    def recover(cls, config: Config, ident: str) -> int:
+        """Runs in the supervisor after a worker with this ``ident`` died: give its claimed
+        work back. Returns how many items were given back."""
+        return 0
+
+
+class WorkerContext:
+    """What a task sees of its process: settings, identity, the stop flag and the slot."""
+
+    def __init__(self, spec: WorkerSpec, slot: WorkerSlot):
+        self.spec = spec
+        self.config = spec.config
+        self.pool = spec.pool
+        self.number = spec.number
+        self.slot = slot
+        self.stopping = False
+        self.started = time.time()
+        self.processed = 0
+
+    # --- reporting to the supervisor (hot path: plain attribute stores) ---
+    def set_ident(self, ident: str) -> None:
+        self.slot.ident = ident.encode()[:159]
+
+    def busy(self, current: str) -> None:
+        now = time.time()
+        self.slot.current = current.encode()[:63]
+        self.slot.busy_since = now
+        self.slot.heartbeat = now
+        self.slot.state = BUSY
+        self._title(f"busy {current}")
+
+    def idle(self, processed: int = 0, failed: int = 0) -> None:
+        now = time.time()
+        if self.slot.busy_since:
+            self.slot.busy_seconds += now - self.slot.busy_since
+        self.processed += processed
+        self.slot.processed += processed
+        self.slot.failed += failed
+        self.slot.busy_since = 0.0
+        self.slot.current = b""
+        self.slot.heartbeat = now
+        if self.slot.state == BUSY:
+            self.slot.state = IDLE
+        self._title("idle")
+
+    def heartbeat(self) -> None:
+        self.slot.heartbeat = time.time()
+
+    def _title(self, what: str) -> None:
+        set_title(self.title(what))  # about 1 us: it rewrites argv memory, no system call
+
+    def title(self, what: str) -> str:
+        s = self.spec
+        if s.role == "scheduler":
+            return f"conserver: scheduler {what}"
+        return f"conserver: worker {s.number}/{s.pool.workers} [{s.pool.name}] {what} processed={self.processed}"
+
+
+def load_task(path: str) -> type[WorkerTask]:
+    module, _, name = path.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, WorkerTask)):
+        raise TypeError(f"{path} is not a WorkerTask")
+    return cls
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Linux: have the kernel send ``sig`` when our parent dies (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, sig, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Worker:
+    """The process body: signals, the loop, recycling, and a clean exit."""
+
+    def __init__(self, spec: WorkerSpec, slots: Any):
+        self.spec = spec
+        self.slot: WorkerSlot = slots[spec.slot_index]
+        self.ctx = WorkerContext(spec, self.slot)
+        self.task: WorkerTask | None = None
+        self.parent_pid = os.getppid()
+        cfg = spec.config
+        # Recycling thresholds get jitter so a pool started together does not restart together.
+        jitter = random.uniform(0.9, 1.1)
+        self.max_vcons = int(cfg.max_vcons_per_worker * jitter) if cfg.max_vcons_per_worker else 0
+        self.max_age = cfg.max_worker_age * jitter if cfg.max_worker_age else 0.0
+        self._next_parent_check = 0.0
+        self._next_rss_check = 0.0
+
+    # --- lifecycle ---
+    def initialize(self) -> None:
+        _set_parent_death_signal(signal.SIGTERM)
+        cfg = self.spec.config
+        setup_logging(cfg.log_level, cfg.log_format, getattr(cfg, "log_file", ""),
+                      role=self.spec.role, worker=self.spec.number if self.spec.role == "worker" else None)
+        self.slot.pid = os.getpid()
+        self.slot.started = time.time()
+        self.slot.heartbeat = time.time()
+        self.slot.state = STARTING
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGQUIT, self._on_quit)
+        signal.signal(signal.SIGUSR1, lambda *_: reopen_logs())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads; workers are replaced
+        signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
+        if not self._parent_alive():  # the parent died before PR_SET_PDEATHSIG took effect
+            raise SystemExit(EXIT_OK)
+        self.ctx._title("starting")
+        self.task = load_task(self.spec.task)(self.ctx)
+        self.task.open()
+        self.slot.state = IDLE
+        self.slot.heartbeat = time.time()
+        self.ctx._title("idle")
+        log.info("worker started pool=%s task=%s", self.spec.pool.name, self.spec.task)
+
+    def loop(self) -> None:
+        assert self.task is not None
+        while not self.ctx.stopping:
+            now = time.monotonic()
+            if now >= self._next_parent_check:
+                self._next_parent_check = now + 0.5
+                if not self._parent_alive():
+                    log.warning("supervisor (pid %d) is gone: draining", self.spec.master_pid)
+                    self.ctx.stopping = True
+                    break
+                self._check_recycle()
+            self.ctx.heartbeat()
+            self.task.run_once()
+
+    def shutdown(self) -> None:
+        self.slot.state = DRAINING
+        self.ctx._title("draining")
+        try:
+            if self.task is not None:
+                self.task.close()
+        finally:
+            self.slot.state = EXITED
+            log.info("worker exiting processed=%d", self.ctx.processed)
+
+    # --- signal handlers: set a flag only; the loop acts on it ---
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        self.ctx.stopping = True
+
+    def _on_quit(self, signum: int, frame: Any) -> None:
+        os._exit(EXIT_OK)
+
+    # --- checks, twice a second ---
+    def _parent_alive(self) -> bool:
+        # Reparenting means our parent (the supervisor, or the forkserver) died.
+        return os.getppid() == self.parent_pid and _pid_alive(self.spec.master_pid)
+
+    def _check_recycle(self) -> None:
+        if self.slot.recycle:
+            return
+        reason = ""
+        if self.max_vcons and self.ctx.processed >= self.max_vcons:
+            reason = f"processed {self.ctx.processed} >= CONSERVER_MAX_VCONS_PER_WORKER"
+        elif self.max_age and time.time() - self.ctx.started >= self.max_age:
+            reason = f"age {time.time() - self.ctx.started:.0f}s >= CONSERVER_MAX_WORKER_AGE"
+        elif self.spec.config.max_worker_rss_mb and time.monotonic() >= self._next_rss_check:
+            self._next_rss_check = time.monotonic() + 5
+            import psutil
+
+            rss_mb = psutil.Process().memory_info().rss / 1048576
+            if rss_mb >= self.spec.config.max_worker_rss_mb:
+                reason = f"rss {rss_mb:.0f}MB >= CONSERVER_MAX_WORKER_RSS_MB"
+        if reason:
+            # Ask for a replacement; the supervisor starts it first, then sends us SIGTERM.
+            log.info("asking to be recycled: %s", reason)
+            self.slot.recycle = 1
+
+
+def worker_main(spec: WorkerSpec, slots: Any) -> None:
+    """Entry point of every worker and scheduler process."""
+    worker = Worker(spec, slots)
+    try:
+        worker.initialize()
+    except SystemExit:
+        raise
+    except BaseException:
+        log.exception("worker failed to start")
+        worker.slot.state = EXITED
+        logging.shutdown()
+        os._exit(EXIT_BOOT_ERROR)
+    try:
+        worker.loop()
+    except Exception:
+        log.exception("worker loop crashed")
+        worker.shutdown()
+        logging.shutdown()
+        os._exit(1)
+    worker.shutdown()
+    logging.shutdown()

@@ -1,0 +1,77 @@
+"""Shared fixtures: private Redis, PostgreSQL, S3 (SeaweedFS) and OpenSearch (osmem) servers.
+
+Nothing here touches the machine's own Redis/PostgreSQL: every server is a
+private one on a free 127.0.0.1 port (conserver/devstack.py). Session servers
+start only when a test first asks for them, so Redis-only tests stay fast.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from conserver.devstack import OpenSearchServer, PostgresServer, RedisServer, S3Server, stack_settings
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One private redis-server for the whole session."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session Redis, emptied (FLUSHALL) for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def make_redis_server():
+    """Factory for a test's own Redis (to stop, kill or restart); all are stopped at test end."""
+    made: list[RedisServer] = []
+
+    def make(appendonly: bool = False) -> RedisServer:
+        server = RedisServer(appendonly=appendonly)
+        made.append(server)
+        return server.start()
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def os_server():
+    with OpenSearchServer() as server:
+        yield server
+
+
+@pytest.fixture
+def stack_env(redis_url: str, pg_server, s3_server, os_server) -> dict[str, str]:
+    """conserver settings for the session servers, with names private to this test.
+
+    The S3 bucket is created; the Postgres table and the index prefix are only
+    names, left for the stores to create.
+    """
+    tag = uuid.uuid4().hex[:12]
+    env = {"REDIS_URL": redis_url, **stack_settings(None, pg_server, s3_server, os_server, bucket=f"t-{tag}")}
+    s3_server.create_bucket(env["S3_BUCKET"])
+    env["POSTGRES_TABLE"] = f"vcons_{tag}"
+    env["ELASTICSEARCH_INDEX_PREFIX"] = f"t{tag}_"
+    return env

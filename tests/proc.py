@@ -1,0 +1,106 @@
+"""Helpers to run ``conserver`` as a real child process and watch its process tree."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class Conserver:
+    """``conserver run`` in a child process with its own environment and a log file."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], args: tuple[str, ...] = ("run",)):
+        self.log_path = tmp_path / f"conserver-{time.monotonic_ns()}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSERVER_", "REDIS_", "NOTIFY_SOCKET"))}
+        full_env.update({"PYTHONPATH": str(ROOT), "CONSERVER_ENABLE_SCHEDULER": "false"})
+        full_env.update(env)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "conserver", *args], env=full_env, cwd=tmp_path,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    # --- the process tree ---
+    def workers(self) -> list[psutil.Process]:
+        """Live worker and scheduler processes (not the forkserver or resource tracker)."""
+        try:
+            kids = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [k for k in kids if _is_worker(k)]
+
+    def worker_titles(self) -> dict[int, str]:
+        return {p.pid: title(p.pid) for p in self.workers()}
+
+    def wait_workers(self, n: int, timeout: float = 15.0, state: str = "") -> list[psutil.Process]:
+        def ready():
+            ws = [w for w in self.workers() if state in title(w.pid)]
+            return ws if len(ws) == n else None
+        return wait_for(ready, timeout, what=f"{n} workers {state}".strip())
+
+    def all_pids(self) -> list[int]:
+        try:
+            return [self.pid] + [k.pid for k in psutil.Process(self.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        return wait_for(lambda: text in self.log() and self.log(), timeout, interval=0.05, what=repr(text))
+
+    def stop(self) -> None:
+        """Leave nothing behind, whatever state the test ended in."""
+        pids = self.all_pids()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+def _is_worker(p: psutil.Process) -> bool:
+    t = title(p.pid)
+    return t.startswith("conserver: worker") or t.startswith("conserver: scheduler")
+
+
+def gone(pids: list[int]) -> bool:
+    return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)

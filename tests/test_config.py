@@ -1,0 +1,125 @@
+"""Configuration: parsed once, bad values fail with exit 2 and one line naming them."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from conserver.config import Config, ConfigError, config_from_mapping, load_config, redact_url
+from tests.proc import ROOT
+
+
+def test_defaults():
+    c = config_from_mapping({})
+    assert c.workers == 1 and c.start_method == "" and c.parallel_storage is True
+    assert c.ingress_lists == ("default",) and c.graceful_timeout == 25 and c.job_timeout == 300
+    assert c.tick_interval == 1.0 and c.batch_size == 50 and c.max_deliveries == 5 and c.max_retries == 3
+    assert c.circuit_breaker_threshold == 5 and c.circuit_breaker_timeout == 60
+    assert [p.name for p in c.pools] == ["default"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.workers = 3  # type: ignore[misc]
+
+
+def test_values_and_units():
+    c = config_from_mapping({
+        "CONSERVER_WORKERS": "8", "CONSERVER_START_METHOD": "Spawn", "CONSERVER_PARALLEL_STORAGE": "no",
+        "CONSERVER_INGRESS_LISTS": "high, normal,low", "TICK_INTERVAL": "250", "JOB_TIMEOUT": "2m",
+        "CIRCUIT_BREAKER_TIMEOUT": "60000", "SCHEDULER_INTERVAL": "500ms", "LOG_LEVEL": "debug",
+        "CONSERVER_QUEUE_WEIGHTS": "high:6,normal:3,low:1",
+    })
+    assert c.workers == 8 and c.start_method == "spawn" and c.parallel_storage is False
+    assert c.ingress_lists == ("high", "normal", "low")
+    assert c.tick_interval == 0.25 and c.job_timeout == 120 and c.circuit_breaker_timeout == 60
+    assert c.scheduler_interval == 0.5 and c.log_level == "DEBUG"
+    assert c.pools[0].weights == (("high", 6), ("normal", 3), ("low", 1))
+
+
+def test_auto_workers_is_bounded_by_cpus_and_memory():
+    c = config_from_mapping({"CONSERVER_WORKERS": "auto"})
+    import os
+    assert 1 <= c.workers <= len(os.sched_getaffinity(0))
+    huge = config_from_mapping({"CONSERVER_WORKERS": "auto", "CONSERVER_WORKER_MEMORY_MB": str(1 << 20)})
+    assert huge.workers == 1  # less than 1 TiB available: memory allows only one
+
+
+BAD = [
+    ("CONSERVER_WORKERS", "0", "1 to 256, or auto"),
+    ("CONSERVER_WORKERS", "257", "1 to 256, or auto"),
+    ("CONSERVER_WORKERS", "many", "1 to 256, or auto"),
+    ("CONSERVER_START_METHOD", "thread", "fork, spawn, forkserver"),
+    ("CONSERVER_PARALLEL_STORAGE", "maybe", "true or false"),
+    ("REDIS_URL", "http://x", "redis://"),
+    ("CONSERVER_INGRESS_LISTS", "a,,a", "distinct names"),
+    ("CONSERVER_INGRESS_LISTS", "bad name", "distinct names"),
+    ("TICK_INTERVAL", "-5", "a duration"),
+    ("LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+    ("LOG_FORMAT", "xml", "text, json"),
+    ("CONSERVER_GRACEFUL_TIMEOUT", "soon", "a duration"),
+    ("JOB_TIMEOUT", "0", "a duration"),
+    ("CONSERVER_BATCH_SIZE", "0", "1 to 10000"),
+    ("CONSERVER_STORAGES", "postgres,mongo", "package.module:Class"),
+    ("CONSERVER_QUEUE_WEIGHTS", "default:0", "list:weight"),
+    ("CONSERVER_AUTOSCALE", "4,2", "min,max"),
+]
+
+
+@pytest.mark.parametrize("var,value,allowed", BAD)
+def test_bad_values_name_variable_value_and_allowed(var, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({var: value})
+    msg = str(err.value)
+    assert var in msg and repr(value) in msg and allowed in msg
+    assert "\n" not in msg
+
+
+def test_store_needs_its_settings():
+    with pytest.raises(ConfigError, match="POSTGRES_DSN"):
+        config_from_mapping({"CONSERVER_STORAGES": "postgres"})
+
+
+def _cli(args, env, cwd):
+    return subprocess.run([sys.executable, "-m", "conserver", *args], env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env},
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("var,value,allowed", [BAD[0], BAD[3], BAD[9], BAD[10]])
+def test_cli_exit_code_2_with_one_line(tmp_path, var, value, allowed):
+    r = _cli(["run"], {var: value}, tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and var in lines[0] and allowed in lines[0]
+
+
+def test_sources_precedence(tmp_path):
+    (tmp_path / ".env").write_text("CONSERVER_WORKERS=2\nCONSERVER_BATCH_SIZE=10\nLOG_LEVEL=ERROR\n")
+    extra = tmp_path / "extra.env"
+    extra.write_text("CONSERVER_BATCH_SIZE=20\nLOG_LEVEL=WARNING\n")
+    c = load_config({"LOG_LEVEL": "DEBUG"}, env_file=str(extra), dotenv_path=str(tmp_path / ".env"))
+    assert (c.workers, c.batch_size, c.log_level) == (2, 20, "DEBUG")
+    with pytest.raises(ConfigError, match="CONSERVER_ENV_FILE"):
+        load_config({}, env_file=str(tmp_path / "missing.env"), dotenv_path=None)
+
+
+def test_redaction_and_check_config(tmp_path):
+    assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_url("postgresql://u:pw@db/x") == "postgresql://u:***@db/x"
+    assert redact_url("redis://h:6379") == "redis://h:6379"
+    r = _cli(["check-config"], {"REDIS_URL": "redis://user:s3cret@h:6379/0", "CONSERVER_STORAGES": "s3",
+                                "S3_BUCKET": "b", "AWS_SECRET_ACCESS_KEY": "topsecret"}, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "s3cret" not in r.stdout and "topsecret" not in r.stdout
+    assert "redis://user:***@h:6379/0" in r.stdout
+
+
+def test_pools_file(tmp_path):
+    f = tmp_path / "pools.toml"
+    f.write_text('[pools.high]\nworkers = 3\ningress_lists = ["high"]\n'
+                 '[pools.rest]\nworkers = 1\ningress_lists = ["normal", "low"]\nweights = {normal = 3, low = 1}\n')
+    c = config_from_mapping({"CONSERVER_POOLS_FILE": str(f)})
+    assert [(p.name, p.workers, p.ingress_lists) for p in c.pools] == [("high", 3, ("high",)), ("rest", 1, ("normal", "low"))]
+    assert c.total_workers == 4 and c.pools[1].weights == (("normal", 3), ("low", 1))
+    f.write_text("[pools.x]\nworkers = 0\n")
+    with pytest.raises(ConfigError, match=r"pools.x\]\.workers"):
+        config_from_mapping({"CONSERVER_POOLS_FILE": str(f)})

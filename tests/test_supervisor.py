@@ -1,0 +1,198 @@
+"""The supervisor with real processes and real signals (no Redis needed: test tasks)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from tests.proc import Conserver, gone, title, wait_for
+
+IDLE = "tests.tasks:IdleTask"
+
+
+@pytest.fixture
+def start(tmp_path):
+    started: list[Conserver] = []
+
+    def _start(env: dict[str, str], args: tuple[str, ...] = ("run",)) -> Conserver:
+        c = Conserver(tmp_path, {"CONSERVER_PIPELINE": IDLE, **env}, args)
+        started.append(c)
+        return c
+
+    yield _start
+    for c in started:
+        c.stop()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_start_method_brings_up_workers_with_titles(start, method):
+    c = start({"CONSERVER_WORKERS": "3", "CONSERVER_START_METHOD": method})
+    workers = c.wait_workers(3, state="idle")
+    titles = sorted(title(w.pid) for w in workers)
+    assert titles == [f"conserver: worker {i}/3 [default] idle processed=0" for i in (1, 2, 3)]
+    wait_for(lambda: title(c.pid).startswith(f"conserver: master [3 workers, {method}]"), 5, what="master title")
+    c.wait_log("ready: 3 workers up")
+    # The main process holds no socket and no extra thread: nothing unsafe to fork from.
+    master = psutil.Process(c.pid)
+    assert master.num_threads() == 1
+    assert [conn for conn in master.net_connections(kind="inet")] == []
+    c.signal(signal.SIGTERM)
+    assert c.wait(10) == 0
+
+
+def test_kill9_worker_is_replaced_within_one_second(start):
+    c = start({"CONSERVER_WORKERS": "2", "CONSERVER_MIN_UPTIME": "0"})
+    victim = c.wait_workers(2, state="idle")[0]
+    number = title(victim.pid).split()[2]
+    killed_at = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)
+
+    def replaced():
+        return [w for w in c.workers() if w.pid != victim.pid and title(w.pid).split()[2:3] == [number]
+                and "idle" in title(w.pid)]
+
+    wait_for(replaced, 1.0, interval=0.005, what="replacement worker")
+    assert time.monotonic() - killed_at < 1.0
+    log = c.wait_log(f"pid={victim.pid} was killed by SIGKILL")
+    assert f"started worker {number.split('/')[0]}/2" in log
+
+
+def test_crash_at_start_backs_off_then_crash_loop_limit_exits_nonzero(start):
+    c = start({"CONSERVER_PIPELINE": "tests.tasks:CrashAtStartTask", "CONSERVER_WORKERS": "1",
+               "CONSERVER_CRASH_LIMIT": "4", "CONSERVER_CRASH_WINDOW": "60"})
+    code = c.wait(30)
+    log = c.log()
+    assert code == 4, log
+    assert "crash loop" in log and "CONSERVER_CRASH_LIMIT=4" in log
+    assert "simulated boot failure" in log and "failed to boot (exit code 3)" in log
+    delays = [float(line.split(" in ")[1].split("s ")[0]) for line in log.splitlines() if "restarting worker 1" in line]
+    assert len(delays) >= 4
+    # exponential: each delay roughly doubles (jitter is +-20 %)
+    for a, b in zip(delays, delays[1:]):
+        assert 1.3 < b / a < 3.1, delays
+    assert 0.07 <= delays[0] <= 0.13
+
+
+def test_sigterm_when_idle_ends_every_process_quickly(start):
+    c = start({"CONSERVER_WORKERS": "4"})
+    c.wait_workers(4, state="idle")
+    pids = c.all_pids()
+    sent = time.monotonic()
+    c.signal(signal.SIGTERM)
+    assert c.wait(5) == 0
+    wait_for(lambda: gone(pids), 2.0, what="every process gone")
+    assert time.monotonic() - sent < 2.0
+
+
+def test_sigterm_lets_a_slow_item_finish(start, tmp_path):
+    done = tmp_path / "done"
+    done.mkdir()
+    c = start({"CONSERVER_PIPELINE": "tests.tasks:SlowTask", "CONSERVER_WORKERS": "1",
+               "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "2"})
+    w = c.wait_workers(1, state="busy slow-item")[0]
+    c.signal(signal.SIGTERM)
+    assert c.wait(15) == 0
+    assert (done / str(w.pid)).read_text() == "finished"
+    assert "stopped after" in c.log()
+
+
+def test_second_sigterm_stops_at_once(start, tmp_path):
+    done = tmp_path / "done"
+    done.mkdir()
+    c = start({"CONSERVER_PIPELINE": "tests.tasks:SlowTask", "CONSERVER_WORKERS": "1",
+               "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "30"})
+    w = c.wait_workers(1, state="busy")[0]
+    c.signal(signal.SIGTERM)
+    c.wait_log("draining")
+    c.signal(signal.SIGTERM)
+    assert c.wait(5) == 0
+    wait_for(lambda: gone([w.pid]), 2, what="worker killed")
+    assert not (done / str(w.pid)).exists()
+
+
+def test_sigkill_of_master_ends_all_workers(start):
+    for method in ("fork", "forkserver"):
+        c = start({"CONSERVER_WORKERS": "3", "CONSERVER_START_METHOD": method})
+        pids = [w.pid for w in c.wait_workers(3, state="idle")]
+        c.signal(signal.SIGKILL)
+        c.wait(5)
+        wait_for(lambda: gone(pids), 2.0, what=f"workers gone after master SIGKILL ({method})")
+
+
+def test_ttin_ttou_add_and_remove_a_worker(start):
+    c = start({"CONSERVER_WORKERS": "2"})
+    c.wait_workers(2, state="idle")
+    c.signal(signal.SIGTTIN)
+    c.wait_workers(3, state="idle")
+    c.wait_log("SIGTTIN: pool default now wants 3 workers")
+    c.signal(signal.SIGTTOU)  # (one at a time: the kernel merges a signal that is already pending)
+    c.wait_workers(2, state="idle")
+    c.signal(signal.SIGTTOU)
+    c.wait_workers(1, state="idle")
+    c.signal(signal.SIGTTOU)  # never below one
+    c.wait_log("stays at 1 workers")
+    assert len(c.workers()) == 1
+
+
+def test_sighup_rolls_workers_one_at_a_time(start, tmp_path):
+    env_file = tmp_path / "extra.env"
+    env_file.write_text("LOG_LEVEL=INFO\n")
+    c = start({"CONSERVER_WORKERS": "3", "CONSERVER_ENV_FILE": str(env_file)})
+    old = {w.pid for w in c.wait_workers(3, state="idle")}
+    env_file.write_text("LOG_LEVEL=DEBUG\n")
+    c.signal(signal.SIGHUP)
+    most_booting = 0
+
+    def rolled():
+        nonlocal most_booting
+        ws = c.worker_titles()
+        most_booting = max(most_booting, sum("starting" in t for t in ws.values()))
+        return not (old & set(ws)) and len(ws) == 3 and all("idle" in t for t in ws.values())
+
+    wait_for(rolled, 20, interval=0.005, what="all workers replaced")
+    assert most_booting <= 1, "more than one replacement booting at a time"
+    log = c.log()
+    assert "configuration re-read" in log
+    # each old worker was asked to stop only after its replacement had started
+    lines = log.splitlines()
+    for n in (1, 2, 3):
+        started = [i for i, l in enumerate(lines) if f"started worker {n}/3" in l]
+        retired = [i for i, l in enumerate(lines) if f"retiring worker {n} " in l and "(replaced)" in l]
+        assert len(started) == 2 and len(retired) == 1 and started[1] < retired[0]
+    c.signal(signal.SIGTERM)
+    assert c.wait(10) == 0
+
+
+def test_sighup_with_bad_config_keeps_running(start, tmp_path):
+    env_file = tmp_path / "extra.env"
+    env_file.write_text("")
+    c = start({"CONSERVER_WORKERS": "1", "CONSERVER_ENV_FILE": str(env_file)})
+    pid = c.wait_workers(1, state="idle")[0].pid
+    env_file.write_text("CONSERVER_BATCH_SIZE=lots\n")
+    c.signal(signal.SIGHUP)
+    c.wait_log("keeping the running configuration")
+    assert [w.pid for w in c.workers()] == [pid]
+
+
+def test_job_timeout_dumps_stack_then_kills_and_replaces(start):
+    c = start({"CONSERVER_PIPELINE": "tests.tasks:HangTask", "CONSERVER_WORKERS": "1",
+               "JOB_TIMEOUT": "1s", "CONSERVER_GRACEFUL_TIMEOUT": "1", "CONSERVER_MIN_UPTIME": "0"})
+    first = c.wait_workers(1, state="busy stuck-item")[0].pid
+    log = c.wait_log(f"pid={first} was killed by SIGKILL", timeout=10)
+    assert "JOB_TIMEOUT 1s: dumping its stack" in log
+    assert 'File "' in log and "tests/tasks.py" in log and "in run_once" in log  # faulthandler's dump
+    wait_for(lambda: [w for w in c.workers() if w.pid != first], 5, what="replacement")
+
+
+def test_sigusr1_reopens_log_file(start, tmp_path):
+    log_file = tmp_path / "conserver.log"
+    c = start({"CONSERVER_WORKERS": "1", "LOG_FILE": str(log_file)})
+    c.wait_workers(1, state="idle")
+    wait_for(lambda: log_file.exists() and "ready" in log_file.read_text(), 5, what="log file")
+    rotated = tmp_path / "conserver.log.1"
+    log_file.rename(rotated)
+    c.signal(signal.SIGUSR1)
+    wait_for(lambda: log_file.exists() and "log files reopened" in log_file.read_text(), 5, what="reopened log")
