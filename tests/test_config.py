@@ -123,3 +123,17 @@ def test_pools_file(tmp_path):
     f.write_text("[pools.x]\nworkers = 0\n")
     with pytest.raises(ConfigError, match=r"pools.x\]\.workers"):
         config_from_mapping({"CONSERVER_POOLS_FILE": str(f)})
+
+
+def test_env_example_documents_every_variable():
+    import re
+    source = (ROOT / "conserver" / "config.py").read_text()
+    read = set(re.findall(r'(?:get|opt)\("([A-Z][A-Z0-9_]+)"', source))
+    example = (ROOT / "conf" / "conserver.env.example").read_text()
+    documented = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", example, re.M))
+    # aliases, and the variable that names this very file
+    aliases = {"DATABASE_URL", "ENABLE_SCHEDULER", "AWS_DEFAULT_REGION", "ELASTICSEARCH_USERNAME", "CONSERVER_ENV_FILE"}
+    assert read - aliases <= documented, sorted(read - aliases - documented)
+    # and the documented defaults are the defaults: the example parses to the same config
+    values = {k: v for k, v in re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", example, re.M)}
+    assert config_from_mapping(values) == config_from_mapping({})

@@ -117,15 +117,16 @@ def test_server_started_from_short_lived_thread_survives_it():
         server.close()
 
 
-def test_servers_die_with_a_killed_parent():
+def test_servers_die_with_a_killed_parent(tmp_path):
     script = (
+        "import sys\n"
         "from conserver.devstack import RedisServer, OpenSearchServer\n"
-        "servers = [RedisServer().start(), OpenSearchServer().start()]\n"
+        "servers = [RedisServer(dir=sys.argv[1] + '/r').start(), OpenSearchServer(dir=sys.argv[1] + '/o').start()]\n"
         "print(*(s.pid for s in servers), flush=True)\n"
         "import time; time.sleep(60)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         pids = [int(pid) for pid in parent.stdout.readline().split()]
         assert len(pids) == 2 and all(map(alive, pids))
