@@ -30,10 +30,13 @@ RUN groupadd --system --gid 10001 conserver \
 
 COPY --from=build /opt/conserver /opt/conserver
 
+# conserver's own defaults are metrics off (port 0) on 127.0.0.1; in a container the
+# probes and Prometheus come from outside, so serve them on every interface.
 ENV PATH=/opt/conserver/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    CONSERVER_METRICS_PORT=9600
+    CONSERVER_METRICS_PORT=9600 \
+    CONSERVER_METRICS_HOST=0.0.0.0
 
 USER 10001:10001
 WORKDIR /var/lib/conserver

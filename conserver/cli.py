@@ -10,6 +10,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable
 
@@ -44,9 +45,156 @@ def cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _queue(cfg: Config, list_name: str | None = None):
+    from conserver.queue import WorkQueue, make_redis
+
+    lists = tuple(dict.fromkeys((*cfg.ingress_lists, *(l for p in cfg.pools for l in p.ingress_lists),
+                                 *((list_name,) if list_name else ()))))
+    return WorkQueue(make_redis(cfg, client_name="conserver-cli"), lists, worker_id="cli")
+
+
+def _read_vcons(paths: list[str]):
+    """(uuid, json bytes) from files, folders of *.json/*.vcon, or - (stdin); JSON or JSON lines."""
+    import orjson
+
+    def docs(raw: bytes, where: str):
+        try:
+            yield orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            for n, line in enumerate(raw.splitlines(), 1):
+                if line.strip():
+                    try:
+                        yield orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        raise SystemExit(f"conserver enqueue: {where}:{n}: not JSON ({exc})")
+
+    for path in paths:
+        if path == "-":
+            sources = [("stdin", sys.stdin.buffer.read())]
+        elif os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path) if n.endswith((".json", ".vcon", ".jsonl")))
+            sources = [(os.path.join(path, n), open(os.path.join(path, n), "rb").read()) for n in names]
+        else:
+            sources = [(path, open(path, "rb").read())]
+        for where, raw in sources:
+            for doc in docs(raw, where):
+                if not isinstance(doc, dict) or not isinstance(doc.get("uuid"), str):
+                    raise SystemExit(f"conserver enqueue: {where}: a vCon needs a string uuid")
+                yield doc["uuid"], orjson.dumps(doc)
+
+
+def cmd_enqueue(args: argparse.Namespace, cfg: Config) -> int:
+    import random as _random
+
+    from conserver.vcon import sample_vcon
+
+    list_name = args.list or cfg.ingress_lists[0]
+    queue = _queue(cfg, list_name)
+    if args.sample:
+        rng = _random.Random(args.seed)
+        items = ((v["uuid"], v) for v in (sample_vcon(rng) for _ in range(args.sample)))
+    else:
+        if not args.paths:
+            print("conserver enqueue: give FILE, DIR or - (or --sample N)", file=sys.stderr)
+            return 2
+        items = _read_vcons(args.paths)
+    total, chunk = 0, []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == 1000:
+            total += queue.enqueue(list_name, chunk)
+            chunk = []
+    total += queue.enqueue(list_name, chunk) if chunk else 0
+    print(f"enqueued {total} vCons on {list_name}")
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace, cfg: Config) -> int:
+    d = _queue(cfg).depths()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"{'list':<24} {'waiting':>10} {'dead letters':>13}")
+    for name, n in d["lists"].items():
+        print(f"{name:<24} {n:>10} {d['dlq'].get(name, 0):>13}")
+    print(f"processing (claimed by workers): {d['processing']}   delayed retries: {d['delayed']}   workers: {d['workers']}")
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace, cfg: Config) -> int:
+    queue = _queue(cfg, args.list)
+    if args.action == "list":
+        entries = queue.dlq_list(args.list, limit=args.limit)
+        if args.json:
+            print(json.dumps(entries, indent=2))
+        for e in entries if not args.json else []:
+            print(f"{e.get('uuid') or e.get('item_id')}  list={e.get('list')} reason={e.get('reason')} "
+                  f"attempts={e.get('attempts', '')} at={e.get('time', '')}  {str(e.get('error', ''))[:120]}")
+        return 0
+    if args.action == "show":
+        if not args.uuid:
+            print("conserver dlq show: give a UUID", file=sys.stderr)
+            return 2
+        entry = queue.dlq_show(args.uuid, args.list)
+        if entry is None:
+            print(f"conserver dlq show: {args.uuid} is not a dead letter", file=sys.stderr)
+            return 1
+        print(json.dumps(entry, indent=2))
+        return 0
+    if args.action == "requeue":
+        if not args.uuid and not args.all:
+            print("conserver dlq requeue: give a UUID or --all", file=sys.stderr)
+            return 2
+        n = queue.dlq_requeue(args.uuid, all=args.all, list_name=args.list)
+        print(f"requeued {n} dead letters")
+        return 0 if n or args.all else 1
+    n = queue.dlq_purge(args.list)
+    print(f"purged {n} dead letters")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, cfg: Config) -> int:
+    from conserver.storage import load_sinks
+
+    names = tuple(dict.fromkeys(s for p in cfg.pools for s in p.storages)) or cfg.storages
+    for sink in load_sinks(names, cfg):
+        sink.open()
+        try:
+            sink.ensure_schema()
+            print(f"{sink.name}: ready")
+        finally:
+            sink.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    from conserver.monitor import status_report
+
+    report = status_report(_queue(cfg))
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"{'worker':<44} {'state':<8} {'processed':>10}  current")
+    for wid, info in report["workers"].items():
+        if info is None:
+            print(f"{wid:<44} {'gone':<8}")
+            continue
+        print(f"{wid:<44} {info.get('state', '?'):<8} {info.get('processed', 0):>10}  {info.get('current', '')}")
+    d = report["queues"]
+    for name, n in d["lists"].items():
+        print(f"list {name}: {n} waiting, {d['dlq'].get(name, 0)} dead letters")
+    print(f"processing: {d['processing']}  delayed: {d['delayed']}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "run": cmd_run,
     "check-config": cmd_check_config,
+    "enqueue": cmd_enqueue,
+    "queues": cmd_queues,
+    "dlq": cmd_dlq,
+    "migrate": cmd_migrate,
+    "status": cmd_status,
 }
 
 
@@ -60,13 +208,35 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="print the effective configuration, secrets redacted")
     check.add_argument("--json", action="store_true")
     check.add_argument("--pools", help="a TOML file of worker pools")
+    enq = sub.add_parser("enqueue", help="store vCons in Redis and push their uuids (one transaction)")
+    enq.add_argument("paths", nargs="*", help="FILE, DIR or - for stdin (JSON or JSON lines)")
+    enq.add_argument("--list", help="ingress list (default: the first of CONSERVER_INGRESS_LISTS)")
+    enq.add_argument("--sample", type=int, metavar="N", help="generate N realistic sample vCons instead")
+    enq.add_argument("--seed", type=int, help="random seed for --sample")
+    q = sub.add_parser("queues", help="depth of each list, processing, delayed and dead letters")
+    q.add_argument("--json", action="store_true")
+    dlq = sub.add_parser("dlq", help="dead letters: list, show UUID, requeue [UUID|--all], purge")
+    dlq.add_argument("action", choices=("list", "show", "requeue", "purge"))
+    dlq.add_argument("uuid", nargs="?")
+    dlq.add_argument("--all", action="store_true")
+    dlq.add_argument("--list", help="only this ingress list")
+    dlq.add_argument("--limit", type=int, default=100)
+    dlq.add_argument("--json", action="store_true")
+    sub.add_parser("migrate", help="create the PostgreSQL table, the S3 bucket, the index when missing")
+    st = sub.add_parser("status", help="workers of every host, queue depths, dead letters (from Redis)")
+    st.add_argument("--json", action="store_true")
+    sub.add_parser("dev", help="run private Redis, PostgreSQL, S3 and OpenSearch servers (see --help)", add_help=False)
+    sub.add_parser("demo", help="the local stack + conserver + sample vCons, and where they landed", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["dev"], ["demo"]):  # they parse their own options
+        from conserver import demo, devstack
+
+        return (devstack.main_dev if argv[0] == "dev" else demo.main)(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command == "dev":
-        return COMMANDS["dev"](args, None)  # type: ignore[arg-type]
     try:
         cfg = _load(args)
     except ConfigError as exc:

@@ -38,10 +38,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Callable, Iterable
 
 __all__ = [
     "DevStack",
@@ -164,7 +164,7 @@ class _Spawner:
 
 
 _spawner = _Spawner()
-_open_servers: set["Server"] = set()
+_open_servers: set[Server] = set()
 
 
 @atexit.register
@@ -231,7 +231,7 @@ class Server:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 60) -> "Server":
+    def start(self, timeout: float = 60) -> Server:
         """Start (no-op when running) and return once the server answers."""
         with self._lock:
             if self.is_running():
@@ -260,7 +260,7 @@ class Server:
             return self
 
     def wait_ready(self, timeout: float = 60) -> None:
-        """Poll `ping()` until it succeeds; raise ServerError (with the log tail) if the process dies or time runs out."""
+        """Poll `ping()` until it succeeds; ServerError (with the log tail) if the process dies or time runs out."""
         deadline = time.monotonic() + timeout
         delay = 0.02
         while not self.ping():
@@ -268,7 +268,9 @@ class Server:
                 code = self._proc.returncode if self._proc else None
                 raise ServerError(f"{self.name} exited with status {code}\n{self.log_tail()}")
             if time.monotonic() > deadline:
-                raise ServerError(f"{self.name} did not answer on port {self.port} within {timeout} s\n{self.log_tail()}")
+                raise ServerError(
+                    f"{self.name} did not answer on port {self.port} within {timeout} s\n{self.log_tail()}"
+                )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
 
@@ -287,7 +289,7 @@ class Server:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
 
-    def restart(self, timeout: float = 60) -> "Server":
+    def restart(self, timeout: float = 60) -> Server:
         """Stop and start again: same port, same state folder."""
         with self._lock:
             self.stop()
@@ -300,7 +302,7 @@ class Server:
         if self._owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -450,7 +452,12 @@ class PostgresServer(Server):
         import psycopg
 
         return psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname=dbname or self.database, connect_timeout=2, autocommit=True
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            dbname=dbname or self.database,
+            connect_timeout=2,
+            autocommit=True,
         )
 
     def ping(self) -> bool:
@@ -594,7 +601,15 @@ class OpenSearchServer(Server):
     def command(self) -> list[str]:
         # -no-stdin-watch: osmem exits when stdin closes, and stdin is /dev/null here.
         # -no-ja: Japanese analysis makes the first index creation take ~2 s instead of ~10 ms.
-        return [self.binary, "-addr", f"127.0.0.1:{self.port}", "-no-stdin-watch", "-no-ja", "-parent-pid", str(os.getpid())]
+        return [
+            self.binary,
+            "-addr",
+            f"127.0.0.1:{self.port}",
+            "-no-stdin-watch",
+            "-no-ja",
+            "-parent-pid",
+            str(os.getpid()),
+        ]
 
     def ping(self) -> bool:
         try:
@@ -662,9 +677,11 @@ class DevStack:
             "elasticsearch": lambda d: OpenSearchServer(dir=d),
         }
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.servers: dict[str, Server] = {name: make[name](self.state_dir / name) for name in self.SERVICES if name in names}
+        self.servers: dict[str, Server] = {
+            name: make[name](self.state_dir / name) for name in self.SERVICES if name in names
+        }
 
-    def start(self, timeout: float = 120) -> "DevStack":
+    def start(self, timeout: float = 120) -> DevStack:
         """Start every server in its own thread; on any failure stop them all and raise the first error."""
         errors: list[BaseException] = []
 
@@ -688,7 +705,9 @@ class DevStack:
 
     def env(self) -> dict[str, str]:
         s = self.servers
-        return stack_settings(s.get("redis"), s.get("postgres"), s.get("s3"), s.get("elasticsearch"), bucket=self.BUCKET)
+        return stack_settings(
+            s.get("redis"), s.get("postgres"), s.get("s3"), s.get("elasticsearch"), bucket=self.BUCKET
+        )
 
     def write_env_file(self, path: str | os.PathLike) -> None:
         lines = ["# written by conserver dev (conserver/devstack.py); points at the private dev servers"]
@@ -703,7 +722,7 @@ class DevStack:
         for thread in threads:
             thread.join()
 
-    def __enter__(self) -> "DevStack":
+    def __enter__(self) -> DevStack:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -712,7 +731,9 @@ class DevStack:
 
 def main_dev(argv: list[str] | None = None) -> int:
     """`conserver dev`: run the private stack, write .env, and wait for Ctrl-C or SIGTERM."""
-    parser = argparse.ArgumentParser(prog="conserver dev", description="Run private Redis, PostgreSQL, S3 and OpenSearch servers for development.")
+    parser = argparse.ArgumentParser(
+        prog="conserver dev", description="Run private Redis, PostgreSQL, S3 and OpenSearch servers for development."
+    )
     parser.add_argument("--state-dir", default=".state/dev", help="data and logs (default: .state/dev)")
     parser.add_argument("--env-file", default=".env", help="settings file to write (default: .env)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(DevStack.SERVICES)}")
@@ -726,7 +747,7 @@ def main_dev(argv: list[str] | None = None) -> int:
     try:
         stack.start()
         stack.write_env_file(args.env_file)
-        print(f"dev stack ready in {time.monotonic() - started:.1f} s; state in {stack.state_dir}, settings written to {args.env_file}:")
+        print(f"dev stack ready in {time.monotonic() - started:.1f} s (state in {stack.state_dir}); {args.env_file}:")
         for key, value in stack.env().items():
             print(f"  {key}={value}")
         print("Ctrl-C to stop.", flush=True)

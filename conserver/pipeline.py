@@ -1,16 +1,207 @@
-"""The default worker tasks: the store pipeline and the scheduler (filled in by the queue issue)."""
+"""The default worker tasks: the store pipeline, and the scheduler.
+
+Store pipeline, one loop turn::
+
+    claim_batch ──▶ parse + validate each ──bad──▶ dead letter (reason, one WARNING line)
+                          │ good
+                          ▼
+                fan-out to every store not yet holding it (thread pool per store)
+                          │
+         all committed ───┼── some transient / breaker open ──▶ mark what committed, defer
+              │           └── permanent store error ─────────▶ dead letter
+              ▼
+             ack   (only now does the vCon leave the processing list)
+
+Redis being away is not an error of a vCon: every Redis call of the resolve step is
+retried with backoff until it goes through or the worker is killed, and the claimed
+items wait in the processing list meanwhile (the supervisor or the orphan sweep gives
+them back if the worker dies).
+"""
+
 from __future__ import annotations
 
+import logging
+import random
 import time
+from typing import Any, Callable, TypeVar
 
+import redis
+
+from conserver.queue import Claim, LeaderLock, WorkQueue, make_redis, make_worker_id
+from conserver.vcon import InvalidVcon, Vcon
 from conserver.worker import WorkerTask
+
+log = logging.getLogger("conserver.pipeline")
+T = TypeVar("T")
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+
+
+class _RedisBackoff:
+    """Retry a Redis step with growing pauses while the worker is not told to stop."""
+
+    def __init__(self, ctx: Any):
+        self.ctx = ctx
+
+    def call(self, fn: Callable[[], T], what: str, *, give_up_on_stop: bool = False) -> T | None:
+        delay = 0.1
+        while True:
+            try:
+                return fn()
+            except REDIS_DOWN as exc:
+                if give_up_on_stop and self.ctx.stopping:
+                    return None
+                log.warning("redis unavailable during %s (%s); retrying in %.1fs", what, exc, delay)
+                self.ctx.heartbeat()
+                time.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 5.0)
 
 
 class StorePipeline(WorkerTask):
+    """Claim a batch, validate it, write it to every store, acknowledge it."""
+
+    def open(self) -> None:
+        from conserver.fanout import Fanout  # store clients load in the worker only
+        from conserver.storage import load_sinks
+
+        cfg, pool = self.ctx.config, self.ctx.pool
+        self.redis = make_redis(cfg, client_name=f"conserver-worker-{self.ctx.number}")
+        self.queue = WorkQueue.from_config(self.redis, cfg, pool, worker_id=make_worker_id())
+        self.ctx.set_ident(self.queue.worker_id)
+        self.retry = _RedisBackoff(self.ctx)
+        self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
+        self.sinks = load_sinks(pool.storages, cfg)
+        self.fanout = Fanout.from_config(self.sinks, cfg)
+        self.fanout.start()
+        self.tick = min(cfg.tick_interval, 1.0)
+        self.beat_every = cfg.worker_heartbeat_ttl / 3
+        self.next_beat = time.monotonic() + self.beat_every
+
+    def _beat_info(self) -> dict[str, Any]:
+        return {"pool": self.ctx.pool.name, "number": self.ctx.number, "processed": self.ctx.processed,
+                "state": "busy" if self.ctx.slot.busy_since else "idle",
+                "current": self.ctx.slot.current.decode(errors="replace")}
+
     def run_once(self) -> None:
-        time.sleep(min(self.ctx.config.tick_interval, 1.0))
+        now = time.monotonic()
+        if now >= self.next_beat:
+            self.next_beat = now + self.beat_every
+            self.retry.call(lambda: self.queue.beat(self._beat_info()), "heartbeat", give_up_on_stop=True)
+        try:
+            claims = self.queue.claim_batch(self.tick)
+        except REDIS_DOWN as exc:
+            log.warning("redis unavailable while claiming (%s); backing off", exc)
+            time.sleep(min(1.0, self.tick) * random.uniform(0.5, 1.0))
+            return
+        if not claims:
+            return
+        if self.ctx.stopping:  # the drain began while we were claiming: these never started
+            n = self.retry.call(lambda: self.queue.requeue_unstarted(claims), "hand back")
+            log.info("draining: handed back %s unstarted vCons", n)
+            return
+        self.process(claims)
+
+    def process(self, claims: list[Claim]) -> None:
+        ctx = self.ctx
+        ctx.busy(claims[0].uuid or claims[0].item_id)
+        valid: list[tuple[Claim, Vcon]] = []
+        for claim in claims:
+            try:
+                valid.append((claim, self.queue.parse(claim)))
+            except InvalidVcon as bad:
+                self.retry.call(lambda c=claim, b=bad: self.queue.dead_letter(c, b.reason, b.detail), "dead letter")
+        ok, failed = self.store(valid) if valid else (0, 0)
+        ctx.idle(processed=ok, failed=failed + len(claims) - len(valid))
+
+    def store(self, valid: list[tuple[Claim, Vcon]]) -> tuple[int, int]:
+        already = {v.uuid: set(c.done) for c, v in valid if c.done}
+        outcomes = self.fanout.store_batch([v for _, v in valid], already)
+        done, stored_some, failed = [], {}, 0
+        for claim, vcon in valid:
+            result = outcomes[vcon.uuid]
+            if result.all_ok:
+                done.append(claim)
+                continue
+            failed += 1
+            if result.committed:
+                stored_some[vcon.uuid] = result.committed
+            if result.permanent:
+                self.retry.call(lambda c=claim, r=result: self.queue.dead_letter(c, "store_rejected", r.error_text()),
+                                "dead letter")
+        if stored_some:  # a retry writes only the stores that failed
+            self.retry.call(lambda: self.queue.mark_stored(stored_some), "store marks")
+        for claim, vcon in valid:
+            result = outcomes[vcon.uuid]
+            if not result.all_ok and not result.permanent:
+                self.retry.call(lambda c=claim, r=result: self.queue.defer(c, r.error_text(), count_attempt=r.counts_as_attempt),
+                                "defer")
+        if done:
+            self.retry.call(lambda: self.queue.ack(done), "ack")
+        return len(done), failed
+
+    def close(self) -> None:
+        fanout = getattr(self, "fanout", None)
+        if fanout is not None:
+            fanout.close()
+        queue = getattr(self, "queue", None)
+        if queue is not None:
+            # Anything still claimed (nothing, normally) goes back; the heartbeat goes.
+            n = self.retry.call(queue.retire, "retire", give_up_on_stop=False)
+            if n:
+                log.info("handed back %d claimed vCons on exit", n)
+            self.redis.close()
+
+    @classmethod
+    def recover(cls, config: Any, ident: str) -> int:
+        client = make_redis(config, socket_timeout=2.0, retries=1, client_name="conserver-master")
+        try:
+            return WorkQueue(client, config.ingress_lists, worker_id=ident).requeue_processing(ident)
+        finally:
+            client.close()
 
 
 class SchedulerTask(WorkerTask):
+    """Where the leader lock is held: move due retries back, sweep orphaned claims."""
+
+    SWEEP_EVERY = 5.0
+    SCAN_EVERY = 300.0  # SCAN walks the whole keyspace: rarely
+
+    def open(self) -> None:
+        cfg = self.ctx.config
+        self.redis = make_redis(cfg, client_name="conserver-scheduler")
+        self.queue = WorkQueue(self.redis, cfg.ingress_lists, worker_id=make_worker_id())
+        self.lock = LeaderLock(self.redis, "scheduler", owner=self.queue.worker_id,
+                               ttl=max(5.0, 5 * cfg.scheduler_interval))
+        self.interval = cfg.scheduler_interval
+        self.next_sweep = self.next_scan = 0.0  # a sweep (with a scan) also runs at start
+        self.leader = False
+
     def run_once(self) -> None:
-        time.sleep(min(self.ctx.config.scheduler_interval, 1.0))
+        try:
+            leader = self.lock.acquire()
+            if leader != self.leader:
+                self.leader = leader
+                log.info("scheduler %s the leader", "is now" if leader else "is no longer")
+            if leader:
+                moved = self.queue.move_due()
+                if moved:
+                    log.info("moved %d due retries back to their lists", moved)
+                now = time.monotonic()
+                if now >= self.next_sweep:
+                    self.next_sweep = now + self.SWEEP_EVERY
+                    scan = now >= self.next_scan
+                    if scan:
+                        self.next_scan = now + self.SCAN_EVERY
+                    self.queue.sweep_orphans(scan=scan)
+        except REDIS_DOWN as exc:
+            log.warning("scheduler: redis unavailable (%s)", exc)
+        self.ctx.heartbeat()
+        deadline = time.monotonic() + self.interval
+        while not self.ctx.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, self.interval))
+
+    def close(self) -> None:
+        try:
+            self.lock.release()
+        except REDIS_DOWN:
+            pass
+        self.redis.close()

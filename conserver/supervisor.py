@@ -20,27 +20,30 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import glob
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import random
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from conserver.config import Config, ConfigError, PoolConfig
 from conserver.observability import reopen_logs, sd_notify, set_title, setup_logging, watchdog_interval
-from conserver.worker import (BUSY, EMPTY, EXIT_BOOT_ERROR, SCHEDULER_TASK, STARTING, STATE_NAMES,
-                              WorkerSlot, WorkerSpec, load_task, worker_main)
+from conserver.worker import (BUSY, EMPTY, EXIT_BOOT_ERROR, MAX_SLOTS, SERVICE_TASKS, STARTING, STATE_NAMES,
+                              Board, WorkerSpec, load_task, worker_main)
 
 log = logging.getLogger("conserver.supervisor")
 
-MAX_SLOTS = 1024
 EXIT_CRASH_LOOP = 4
 BACKOFF_START, BACKOFF_MAX, HEALTHY_RESET = 0.1, 30.0, 60.0
 SCHEDULER_POOL = PoolConfig("scheduler", 1, (), ())
+MONITOR_POOL = PoolConfig("monitor", 1, (), ())
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 
@@ -84,9 +87,13 @@ class Supervisor:
         method = config.start_method or None
         self.mp = multiprocessing.get_context(method)
         self.method = self.mp.get_start_method()
-        # One shared array of slots for the whole life of the supervisor; a worker gets
-        # a free index. Allocated once, before any fork, and holds no thread or socket.
-        self.slots = self.mp.RawArray(WorkerSlot, MAX_SLOTS)
+        # One shared board of slots for the whole life of the supervisor; a process gets
+        # a free slot. Allocated once, before any fork, and holds no thread or socket.
+        self.board = self.mp.RawValue(Board)
+        self.board.master_pid = os.getpid()
+        self.board.started = time.time()
+        self.board.start_method = self.method.encode()
+        self.slots = self.board.slots
         self.free_slots = list(range(MAX_SLOTS - 1, -1, -1))
         self.workers: dict[int, WorkerHandle] = {}
         self.targets: dict[str, int] = {}
@@ -104,6 +111,7 @@ class Supervisor:
         self.ready_sent = False
         self.started = time.monotonic()
         self._wake_r = self._wake_w = -1
+        self.metrics_dir = ""
         self._last_housekeeping = 0.0
         self._watchdog = watchdog_interval()
         self._last_watchdog = 0.0
@@ -114,9 +122,13 @@ class Supervisor:
     def _apply_pools(self, cfg: Config) -> None:
         self.pools = {p.name: p for p in cfg.pools}
         self.targets = {p.name: p.workers for p in cfg.pools}
-        if cfg.enable_scheduler:
-            self.pools[SCHEDULER_POOL.name] = SCHEDULER_POOL
-            self.targets[SCHEDULER_POOL.name] = 1
+        services = [SCHEDULER_POOL] if cfg.enable_scheduler else []
+        if cfg.metrics_port or cfg.metrics_log_interval:
+            services.append(MONITOR_POOL)
+        for pool in services:
+            self.pools[pool.name] = pool
+            self.targets[pool.name] = 1
+        self.board.target_workers = sum(t for p, t in self.targets.items() if p not in SERVICE_TASKS)
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -134,6 +146,11 @@ class Supervisor:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         self._install_signals()
+        if MONITOR_POOL.name in self.pools:
+            # prometheus-client's multiprocess mode: every worker writes its own mmap'ed
+            # files here and the monitor process adds them up. Set before any child starts.
+            self.metrics_dir = tempfile.mkdtemp(prefix="conserver-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         if self.method == "forkserver":
             # Import once in the server so each fork is cheap; imports create no clients.
             self.mp.set_forkserver_preload(["conserver.worker", self.cfg.pipeline.partition(":")[0]])
@@ -161,6 +178,8 @@ class Supervisor:
             self._kill_all(signal.SIGKILL)
             self.reap_workers(block=True)
             sd_notify("STATUS=stopped")
+            if self.metrics_dir:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("master exiting with code %d", self.exit_code)
         return self.exit_code
 
@@ -210,6 +229,7 @@ class Supervisor:
 
     def begin_drain(self, why: str) -> None:
         self.stopping = True
+        self.board.draining = 1
         self.stop_deadline = time.monotonic() + self.cfg.graceful_timeout
         log.info("%s: draining %d processes (graceful timeout %gs)", why, len(self.workers), self.cfg.graceful_timeout)
         sd_notify("STOPPING=1", f"STATUS=draining {len(self.workers)} workers")
@@ -257,7 +277,7 @@ class Supervisor:
                  len(self.workers), self.generation)
 
     def _resize(self, delta: int) -> None:
-        pool = next(iter(p for p in self.pools if p != SCHEDULER_POOL.name), None)
+        pool = next(iter(p for p in self.pools if p not in SERVICE_TASKS), None)
         if pool is None:
             return
         new = self.targets[pool] + delta
@@ -267,6 +287,7 @@ class Supervisor:
             return
         self.targets[pool] = new
         self.pools[pool] = PoolConfig(pool, new, *self._pool_rest(pool))
+        self.board.target_workers += delta
         log.info("%s: pool %s now wants %d workers", "SIGTTIN" if delta > 0 else "SIGTTOU", pool, new)
 
     def _pool_rest(self, name: str) -> tuple:
@@ -275,16 +296,17 @@ class Supervisor:
 
     # ------------------------------------------------------------------ process table
     def spawn_worker(self, pool: PoolConfig, number: int) -> WorkerHandle | None:
-        role = "scheduler" if pool is SCHEDULER_POOL or pool.name == SCHEDULER_POOL.name else "worker"
+        role = pool.name if pool.name in SERVICE_TASKS else "worker"
         slot_index = self.free_slots.pop()
-        ctypes_slot = self.slots[slot_index]
-        ctypes.memset(ctypes.addressof(ctypes_slot), 0, ctypes.sizeof(ctypes_slot))  # no stale counters
-        ctypes_slot.state = STARTING
-        ctypes_slot.heartbeat = time.time()
+        slot = self.slots[slot_index]
+        ctypes.memset(ctypes.addressof(slot), 0, ctypes.sizeof(slot))  # no stale counters
+        slot.state = STARTING
+        slot.heartbeat = time.time()
+        slot.role, slot.pool, slot.number = role.encode(), pool.name.encode()[:63], number
         spec = WorkerSpec(config=self.cfg, pool=pool, number=number, role=role,
-                          task=SCHEDULER_TASK if role == "scheduler" else self.cfg.pipeline,
+                          task=SERVICE_TASKS.get(role, self.cfg.pipeline),
                           master_pid=os.getpid(), slot_index=slot_index, generation=self.generation)
-        process = self.mp.Process(target=worker_main, args=(spec, self.slots),
+        process = self.mp.Process(target=worker_main, args=(spec, self.board),
                                   name=f"conserver-{pool.name}-{number}")
         try:
             process.start()
@@ -313,6 +335,7 @@ class Supervisor:
         slot = self.slots[h.spec.slot_index]
         ident = slot.ident.decode(errors="replace")
         self.processed_by_dead += slot.processed
+        self.board.processed_by_dead = self.processed_by_dead
         lived = time.monotonic() - h.started
         role = h.spec.role
         if h.retiring and code == 0:
@@ -325,6 +348,9 @@ class Supervisor:
         if not h.retiring:
             self._schedule_restart(h, lived)
         self._recover(h, ident)
+        if self.metrics_dir:  # what prometheus_client.multiprocess.mark_process_dead does
+            for path in glob.glob(os.path.join(self.metrics_dir, f"gauge_live*_{h.pid}.db")):
+                os.remove(path)
         slot.state = EMPTY
         h.process.close()
         self.free_slots.append(h.spec.slot_index)
@@ -343,6 +369,7 @@ class Supervisor:
 
     def _schedule_restart(self, h: WorkerHandle, lived: float) -> None:
         self.restarts += 1
+        self.board.restarts = self.restarts
         key = h.key
         now = time.monotonic()
         if lived >= self.cfg.min_uptime:
@@ -457,7 +484,9 @@ class Supervisor:
         now = time.monotonic()
         if not self.ready_sent and self._all_up():
             self.ready_sent = True
-            log.info("ready: %d workers up in %.2fs", len(self.workers), now - self.started)
+            services = sorted(h.spec.role for h in self.workers.values() if h.spec.role != "worker")
+            log.info("ready: %d workers up in %.2fs%s", len(self.workers) - len(services), now - self.started,
+                     f" (and {', '.join(services)})" if services else "")
             sd_notify("READY=1", self._status_line())
         if now - self._last_housekeeping >= 1.0:
             self._last_housekeeping = now
@@ -486,6 +515,6 @@ class Supervisor:
         return f"STATUS={n} workers, {self.processed()} vCons processed, {self.restarts} restarts"
 
     def _set_title(self, extra: str = "") -> None:
-        n = sum(t for p, t in self.targets.items() if p != SCHEDULER_POOL.name)
+        n = self.board.target_workers
         title = f"conserver: master [{n} workers, {self.method}] processed={self.processed()}"
         set_title(f"{title} {extra}".rstrip())

