@@ -10,7 +10,7 @@ $(STAMP): setup.cfg pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[dev,test,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,7 +86,7 @@ class MonitorTask(WorkerTask):
         self.collector = metrics.Aggregator(self)
         self.server: ThreadingHTTPServer | None = None
         if cfg.metrics_port:
-            self.server = ThreadingHTTPServer((cfg.metrics_host, cfg.metrics_port), _handler(self))
+            self.server = _ReusePortServer((cfg.metrics_host, cfg.metrics_port), _handler(self))
             self.server.daemon_threads = True
             threading.Thread(target=self.server.serve_forever, name="http", daemon=True).start()
             log.info("metrics, health and status on http://%s:%d/", cfg.metrics_host, cfg.metrics_port)
@@ -145,6 +146,14 @@ class MonitorTask(WorkerTask):
             return {"processes": board_processes(self.board), "error": f"redis unavailable: {exc}",
                     "workers": {}, "queues": {"lists": {}, "dlq": {}, "processing": "?", "delayed": "?"},
                     "dead_letters": [], "recent_errors": []}
+
+
+class _ReusePortServer(ThreadingHTTPServer):
+    """SO_REUSEPORT: on SIGHUP the new monitor binds while the old one still drains."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -27,6 +27,7 @@ from typing import Any, Callable, TypeVar
 
 import redis
 
+from conserver.metrics import record_error
 from conserver.queue import Claim, LeaderLock, WorkQueue, make_redis, make_worker_id
 from conserver.vcon import InvalidVcon, Vcon
 from conserver.worker import WorkerTask
@@ -56,11 +57,17 @@ class _RedisBackoff:
                 delay = min(delay * 2, 5.0)
 
 
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
 class StorePipeline(WorkerTask):
     """Claim a batch, validate it, write it to every store, acknowledge it."""
 
     def open(self) -> None:
         from conserver.fanout import Fanout  # store clients load in the worker only
+        from conserver.metrics import worker_metrics
         from conserver.storage import load_sinks
 
         cfg, pool = self.ctx.config, self.ctx.pool
@@ -70,8 +77,10 @@ class StorePipeline(WorkerTask):
         self.retry = _RedisBackoff(self.ctx)
         self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
         self.sinks = load_sinks(pool.storages, cfg)
-        self.fanout = Fanout.from_config(self.sinks, cfg)
+        self.metrics = worker_metrics()
+        self.fanout = Fanout.from_config(self.sinks, cfg, on_store_result=self.metrics.store_result)
         self.fanout.start()
+        self.fanout.ensure_schemas()  # "at start when missing"; a failure is logged, writes will retry
         self.tick = min(cfg.tick_interval, 1.0)
         self.beat_every = cfg.worker_heartbeat_ttl / 3
         self.next_beat = time.monotonic() + self.beat_every
@@ -102,41 +111,65 @@ class StorePipeline(WorkerTask):
 
     def process(self, claims: list[Claim]) -> None:
         ctx = self.ctx
+        started = time.monotonic()
         ctx.busy(claims[0].uuid or claims[0].item_id)
         valid: list[tuple[Claim, Vcon]] = []
         for claim in claims:
             try:
                 valid.append((claim, self.queue.parse(claim)))
             except InvalidVcon as bad:
-                self.retry.call(lambda c=claim, b=bad: self.queue.dead_letter(c, b.reason, b.detail), "dead letter")
+                self.dead_letter(claim, bad.reason, bad.detail)
         ok, failed = self.store(valid) if valid else (0, 0)
-        ctx.idle(processed=ok, failed=failed + len(claims) - len(valid))
+        failed += len(claims) - len(valid)
+        self.metrics.batch(claims[0].source, ok, failed, time.monotonic() - started)
+        for name, breaker in self.fanout.breakers.items():
+            self.metrics.breaker_state(name, breaker.state)
+        ctx.idle(processed=ok, failed=failed)
 
     def store(self, valid: list[tuple[Claim, Vcon]]) -> tuple[int, int]:
-        already = {v.uuid: set(c.done) for c, v in valid if c.done}
+        """Fan out, then resolve each vCon: ack, defer (retry later) or dead-letter."""
+        from conserver.fanout import Action, decide  # not at module level: the supervisor imports this module
+        already = {v.uuid: c.done for c, v in valid if c.done}
         outcomes = self.fanout.store_batch([v for _, v in valid], already)
-        done, stored_some, failed = [], {}, 0
+        acks: list[Claim] = []
+        deferred: list[tuple[Claim, Vcon, Any]] = []
+        stored_some: dict[str, frozenset[str]] = {}
         for claim, vcon in valid:
-            result = outcomes[vcon.uuid]
-            if result.all_ok:
-                done.append(claim)
+            verdict = decide(outcomes[vcon.uuid])
+            if verdict.action is Action.ACK:
+                acks.append(claim)
                 continue
-            failed += 1
-            if result.committed:
-                stored_some[vcon.uuid] = result.committed
-            if result.permanent:
-                self.retry.call(lambda c=claim, r=result: self.queue.dead_letter(c, "store_rejected", r.error_text()),
-                                "dead letter")
-        if stored_some:  # a retry writes only the stores that failed
+            if verdict.done - claim.done:
+                stored_some[vcon.uuid] = verdict.done
+            deferred.append((claim, vcon, verdict))
+        if stored_some:  # first, so a retry writes only the stores that failed
             self.retry.call(lambda: self.queue.mark_stored(stored_some), "store marks")
-        for claim, vcon in valid:
-            result = outcomes[vcon.uuid]
-            if not result.all_ok and not result.permanent:
-                self.retry.call(lambda c=claim, r=result: self.queue.defer(c, r.error_text(), count_attempt=r.counts_as_attempt),
-                                "defer")
-        if done:
-            self.retry.call(lambda: self.queue.ack(done), "ack")
-        return len(done), failed
+        for claim, vcon, verdict in deferred:
+            error = "; ".join(f"{store}: {_describe(exc)}" for store, exc in verdict.errors.items()) or \
+                "circuit breaker open for " + ", ".join(s for s in outcomes[vcon.uuid] if s not in verdict.done)
+            if verdict.action is Action.DEAD_LETTER:
+                self.dead_letter(claim, "store_rejected", error)
+            else:
+                kept = self.retry.call(lambda c=claim, e=error, v=verdict: self.queue.defer(
+                    c, e, count_attempt=v.count_attempt), "defer")
+                if kept is False:  # retries exhausted: the queue dead-lettered it
+                    self.metrics.dead_lettered(claim.source, "retries_exhausted")
+                if verdict.count_attempt:
+                    self._record_error(vcon.uuid, error)
+        if acks:
+            self.retry.call(lambda: self.queue.ack(acks), "ack")
+        return len(acks), len(deferred)
+
+    def dead_letter(self, claim: Claim, reason: str, detail: str) -> None:
+        self.retry.call(lambda: self.queue.dead_letter(claim, reason, detail), "dead letter")
+        self.metrics.dead_lettered(claim.source, reason)
+        self._record_error(claim.uuid or claim.item_id, f"{reason}: {detail}")
+
+    def _record_error(self, uuid: str, error: str) -> None:
+        try:
+            record_error(self.redis, uuid, error)
+        except REDIS_DOWN:
+            pass  # only for the status page
 
     def close(self) -> None:
         fanout = getattr(self, "fanout", None)
@@ -149,6 +182,15 @@ class StorePipeline(WorkerTask):
             if n:
                 log.info("handed back %d claimed vCons on exit", n)
             self.redis.close()
+
+    @classmethod
+    def preload_modules(cls, config: Any) -> list[str]:
+        from conserver.storage.base import BUILTIN_SINKS
+
+        names = ["conserver.fanout", "conserver.metrics", "prometheus_client"]
+        for store in dict.fromkeys(s for p in config.pools for s in p.storages):
+            names.append(BUILTIN_SINKS.get(store, store).partition(":")[0])
+        return names
 
     @classmethod
     def recover(cls, config: Any, ident: str) -> int:

@@ -227,12 +227,12 @@ end
 
 # KEYS[1] claim-token key, KEYS[1+i] ingress list i, KEYS[1+n+i] its processing list (i = 1..n)
 # ARGV: n, batch, max_deliveries, max_bytes, worker, now (ISO), token, preference "2,1,3",
-#       '1' to report which lists are non-empty (weighted choice)
+#       '1' to report which lists are non-empty (weighted choice), max bytes of bodies per batch
 # -> {moved, list index, non-empty flags, {claim rows}, {poisoned {item, deliveries}}}
 #    claim row: {item, body|nil, deliveries, status code, size, attempts, {stores done}}
 _CLAIM = r"""
 local n, batch, maxd, maxb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local worker, now, token = ARGV[5], ARGV[6], ARGV[7]
+local worker, now, token, maxbatch = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[10])
 
 local function describe(item, id, deliveries)
   local attempts = tonumber(redis.call('HGET', ATTEMPTS, id) or '0')
@@ -271,9 +271,9 @@ for idx in string.gmatch(ARGV[8], '%d+') do
   local src, proc = KEYS[1 + idx], KEYS[1 + n + idx]
   local items = redis.call('LRANGE', src, 0, batch - 1)
   if #items > 0 then
-    redis.call('LTRIM', src, #items, -1)
-    local kept, out, poisoned = {}, {}, {}
+    local kept, out, poisoned, taken, bytes = {}, {}, {}, 0, 0
     for _, item in ipairs(items) do
+      taken = taken + 1
       local id = item_id(item)
       local d = redis.call('HINCRBY', DELIVERIES, id, 1)
       if d > maxd then
@@ -282,15 +282,19 @@ for idx in string.gmatch(ARGV[8], '%d+') do
         poisoned[#poisoned + 1] = {item, d}
       else
         kept[#kept + 1] = item
-        out[#out + 1] = describe(item, id, d)
+        local row = describe(item, id, d)
+        out[#out + 1] = row
+        bytes = bytes + row[5]
+        if bytes >= maxbatch then break end  -- a reply of bounded size, however big the bodies
       end
     end
+    redis.call('LTRIM', src, taken, -1)
     if #kept > 0 then
       push_back(proc, kept)
       redis.call('HSET', INFLIGHT, proc, worker .. '\n' .. src)
       redis.call('SET', KEYS[1], token .. '|' .. idx .. '|' .. #kept, 'EX', 86400)
     end
-    return {#items, idx, flags, out, poisoned}
+    return {taken, idx, flags, out, poisoned}
   end
 end
 return {0, 0, flags, {}, {}}
@@ -514,6 +518,19 @@ def _mark_uuid(uuid: str) -> str:
     return uuid.lower() if uuid and _SAFE_ID.match(uuid.encode(errors="replace")) else ""
 
 
+def _label(text: str) -> str:
+    """A uuid for a log line: control characters and non-ASCII escaped, at most 100 characters."""
+    return ascii(text)[1:-1][:100]
+
+
+def _claim_label(claim: Claim) -> str:
+    return _label(claim.uuid or claim.item_id)
+
+
+def _log_error(error: BaseException | str | None) -> str:
+    return _error_text(error)[:300].replace("\n", " ")
+
+
 def _s(value: bytes | str | None) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
 
@@ -529,7 +546,8 @@ class WorkQueue:
                  batch_size: int = 50, max_deliveries: int = 5, max_vcon_bytes: int = 16 * 1024 * 1024,
                  max_retries: int = 3, retry_backoff: float = 2.0, retry_backoff_max: float = 300.0,
                  heartbeat_ttl: float = 30.0, weights: Mapping[str, int] | None = None,
-                 body_expiry_s: int = 0, stored_ttl: int = 7 * 86400, poll_max: float = 0.05):
+                 body_expiry_s: int = 0, stored_ttl: int = 7 * 86400, poll_max: float = 0.05,
+                 max_batch_bytes: int = 32 * 1024 * 1024):
         self.redis = redis_client
         self.ingress_lists = tuple(ingress_lists)
         if not self.ingress_lists:
@@ -545,6 +563,7 @@ class WorkQueue:
         self.body_expiry_s = int(body_expiry_s)
         self.stored_ttl = int(stored_ttl)
         self.poll_max = poll_max
+        self.max_batch_bytes = max_batch_bytes
         self.weights = [int((weights or {}).get(name, 1)) for name in self.ingress_lists] if weights else None
         self._current = [0] * len(self.ingress_lists)  # smooth weighted round robin state
         self._rng = random.Random()
@@ -629,7 +648,8 @@ class WorkQueue:
         self._seq += 1
         weighted = self.weights is not None
         args = [*self._claim_args, _now_iso(), f"{self._token_base}{self._seq}",
-                self._preference() if weighted else self._default_order, "1" if weighted else "0"]
+                self._preference() if weighted else self._default_order, "1" if weighted else "0",
+                self.max_batch_bytes]
         args[1] = limit
         moved, idx, flags, rows, poisoned = self._claim(keys=self._claim_keys, args=args)
         if not moved:
@@ -639,7 +659,7 @@ class WorkQueue:
             self._advance(flags, idx - 1)
         for item, deliveries in poisoned:
             log.warning("dead-lettered %s from %s: reason=poison (claimed %d times, never resolved)",
-                        _s(item)[:80] if not item.startswith(b"{") else item_id(item), source, deliveries)
+                        item_id(item) if item.startswith(b"{") else _label(_s(item)), source, deliveries)
         claims = [self._make_claim(row, source) for row in rows]
         slow = [c for c in claims if c.status == "wrongtype" or (c.inline and c.uuid)]
         if slow:
@@ -667,7 +687,7 @@ class WorkQueue:
         for c in claims:
             if c.status == "wrongtype":
                 try:
-                    body = self.redis.execute_command("JSON.GET", BODY + c.uuid)
+                    body = self.redis.execute_command("JSON.GET", BODY.encode() + c.item)
                 except redis.ResponseError as exc:  # no RedisJSON module, or a hash/list/... there
                     log.debug("vcon:%s is not a string and JSON.GET failed: %s", c.uuid, exc)
                     continue
@@ -691,7 +711,8 @@ class WorkQueue:
             return parse_vcon(claim.item, None, self.max_vcon_bytes)
         check_uuid(claim.uuid, "list item")  # unsafe or bad before anything is derived from it
         if claim.status == "too_large":
-            raise InvalidVcon("too_large", f"vcon:{claim.uuid} is {claim.size} bytes, the limit is {self.max_vcon_bytes}")
+            raise InvalidVcon("too_large",
+                              f"vcon:{claim.uuid} is {claim.size} bytes, the limit is {self.max_vcon_bytes}")
         if claim.body is None:
             what = "is not a JSON string" if claim.status == "wrongtype" else "is missing or expired"
             raise InvalidVcon("missing_body", f"vcon:{claim.uuid} {what}")
@@ -762,10 +783,10 @@ class WorkQueue:
             args=[claim.item, claim.item_id, claim.source, reason, _error_text(error),
                   "" if attempts is None else attempts, self.worker_id, _now_iso()])
         if ok:
-            log.warning("dead-lettered %s from %s: reason=%s %s", claim.uuid or claim.item_id, claim.source,
-                        reason, _error_text(error)[:300])
+            log.warning("dead-lettered %s from %s: reason=%s %s", _claim_label(claim), claim.source, reason,
+                        _log_error(error))
         else:
-            log.info("not dead-lettering %s: no longer in this worker's processing list", claim.uuid or claim.item_id)
+            log.info("not dead-lettering %s: no longer in this worker's processing list", _claim_label(claim))
         return bool(ok)
 
     def defer(self, claim: Claim, error: BaseException | str | None = None, *, count_attempt: bool = True,
@@ -782,10 +803,10 @@ class WorkQueue:
         status, attempts = res[0], res[1]
         if status == 0:
             log.warning("dead-lettered %s from %s: reason=retries_exhausted after %d attempts: %s",
-                        claim.uuid or claim.item_id, claim.source, attempts - 1, _error_text(error)[:300])
+                        _claim_label(claim), claim.source, attempts, _log_error(error))
             return False
         if status < 0:
-            log.info("not deferring %s: no longer in this worker's processing list", claim.uuid or claim.item_id)
+            log.info("not deferring %s: no longer in this worker's processing list", _claim_label(claim))
         return True
 
     # ------------------------------------------------------------------ recovery and scheduling
@@ -794,7 +815,10 @@ class WorkQueue:
         """Everything ``worker_id`` (default: this one) had claimed goes back to the head of its
         lists in claim order, and the worker is forgotten (heartbeat, registry). For the
         supervisor after reaping a dead worker, and for a clean exit."""
-        return self._requeue_worker(args=[worker_id or self.worker_id, "0"])
+        worker_id = worker_id or self.worker_id
+        if worker_id == self.worker_id:
+            self._beaten = False  # the heartbeat is gone too: the next claim beats first
+        return self._requeue_worker(args=[worker_id, "0"])
 
     def sweep_orphans(self, *, scan: bool = False) -> int:
         """Requeue the claims of every worker whose heartbeat expired. With ``scan`` also look
@@ -860,7 +884,6 @@ class WorkQueue:
 
     def retire(self) -> int:
         """A clean exit: whatever is still claimed goes back, the heartbeat and registration go."""
-        self._beaten = False
         return self.requeue_processing(self.worker_id)
 
     def workers(self) -> dict[str, dict | None]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import glob
+import importlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -151,9 +152,7 @@ class Supervisor:
             # files here and the monitor process adds them up. Set before any child starts.
             self.metrics_dir = tempfile.mkdtemp(prefix="conserver-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
-        if self.method == "forkserver":
-            # Import once in the server so each fork is cheap; imports create no clients.
-            self.mp.set_forkserver_preload(["conserver.worker", self.cfg.pipeline.partition(":")[0]])
+        self._preload()
         log.info("starting conserver master: %d workers, start method %s, lists %s, stores %s",
                  self.cfg.total_workers, self.method, ",".join(self.cfg.ingress_lists),
                  ",".join(self.cfg.storages) or "none")
@@ -182,6 +181,21 @@ class Supervisor:
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("master exiting with code %d", self.exit_code)
         return self.exit_code
+
+    def _preload(self) -> None:
+        """Import what workers need once, before any fork (imports only: no clients)."""
+        if self.method == "spawn":
+            return  # nothing to share: every worker is a new interpreter
+        try:
+            modules = ["conserver.worker", self.cfg.pipeline.partition(":")[0]]
+            modules += load_task(self.cfg.pipeline).preload_modules(self.cfg)
+            if self.method == "forkserver":
+                self.mp.set_forkserver_preload(modules)  # the fork server imports them, we stay lean
+            else:
+                for name in modules:
+                    importlib.import_module(name)
+        except Exception as exc:  # a worker will fail to boot and say why, with backoff
+            log.warning("could not preload %s: %s", self.cfg.pipeline, exc)
 
     def _next_timeout(self) -> float:
         timeout = 0.5

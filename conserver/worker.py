@@ -119,6 +119,13 @@ class WorkerTask:
         """Hand back claimed but unstarted work; release what ``open`` built."""
 
     @classmethod
+    def preload_modules(cls, config: Config) -> list[str]:
+        """Modules the supervisor (fork) or the fork server imports once before starting
+        workers (gunicorn's preload), so workers start in milliseconds and share those
+        pages. Importing them must create no client, thread or socket."""
+        return []
+
+    @classmethod
     def recover(cls, config: Config, ident: str) -> int:
         """Runs in the supervisor after a worker with this ``ident`` died: give its claimed
         work back. Returns how many items were given back."""

@@ -544,6 +544,17 @@ def test_compose_dotenv_overrides_defaults(compose_dir):
     assert env["CONSERVER_WORKERS"] == "7"
 
 
+def test_compose_with_example_env(compose_dir):
+    """.env.compose.example, copied to .env as its header says, gives a valid stack."""
+    example = ROOT / ".env.compose.example"
+    if not example.exists():
+        pytest.skip("no .env.compose.example")
+    shutil.copy(example, compose_dir / ".env")
+    _assert_compose_ok(_compose(compose_dir, "config", "-q"))
+    env = _compose_json(compose_dir)["services"]["conserver"]["environment"]
+    assert env["REDIS_URL"].startswith("redis://redis:")
+
+
 def test_compose_scales(compose_dir):
     """What `up --scale conserver=4` needs, checked by compose itself: 4 replicas validate."""
     (compose_dir / "scale.yml").write_text("services:\n  conserver:\n    deploy:\n      replicas: 4\n")

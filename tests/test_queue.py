@@ -86,6 +86,12 @@ def test_max_items_limits_a_claim(r, make_queue):
     assert r.llen("default") == 7
 
 
+def test_batch_is_cut_at_max_batch_bytes(r, make_queue):
+    q = make_queue(batch_size=50, max_batch_bytes=7000)
+    q.enqueue("default", [(str(uuid_mod.uuid4()), b"x" * 3000) for _ in range(5)])
+    assert [len(q.claim_batch(0)) for _ in range(3)] == [3, 2, 0]
+
+
 def test_two_workers_claiming_concurrently_never_share_an_item(r, make_queue):
     total = 3000
     data = [(str(uuid_mod.uuid4()), b"{}") for _ in range(total)]
@@ -115,7 +121,7 @@ def test_blocking_claim_wakes_at_once_and_times_out(r, make_queue):
     q = make_queue()
     t0 = time.monotonic()
     assert q.claim_batch(0.3) == []
-    assert 0.25 <= time.monotonic() - t0 < 0.8
+    assert 0.25 <= time.monotonic() - t0 < 1.5
 
     def produce():
         time.sleep(0.2)
@@ -123,8 +129,8 @@ def test_blocking_claim_wakes_at_once_and_times_out(r, make_queue):
 
     threading.Thread(target=produce).start()
     t0 = time.monotonic()
-    got = q.claim_batch(3.0)
-    assert len(got) == 1 and time.monotonic() - t0 < 0.5
+    got = q.claim_batch(5.0)
+    assert len(got) == 1 and time.monotonic() - t0 < 1.0  # woken by the push, not by the timeout
 
 
 def test_blocking_claim_with_several_lists_sees_a_low_priority_list_quickly(r, make_queue):
@@ -136,8 +142,8 @@ def test_blocking_claim_with_several_lists_sees_a_low_priority_list_quickly(r, m
 
     threading.Thread(target=produce).start()
     t0 = time.monotonic()
-    got = q.claim_batch(3.0)
-    assert [c.source for c in got] == ["low"] and time.monotonic() - t0 < 0.6
+    got = q.claim_batch(5.0)
+    assert [c.source for c in got] == ["low"] and time.monotonic() - t0 < 1.0
     assert r.llen("high") == 0  # the wait (BLMOVE of a list onto itself) leaves no trace
 
 
@@ -156,7 +162,7 @@ def test_claim_rerun_after_lost_reply_returns_the_same_batch(r, make_queue):
     """redis-py re-sends a command whose reply was lost; the claim token makes that harmless."""
     q = make_queue(batch_size=3)
     q.enqueue("default", vcons(9))
-    args = [*q._claim_args, q_mod._now_iso(), "tok-1", "1", "0"]
+    args = [*q._claim_args, q_mod._now_iso(), "tok-1", "1", "0", q.max_batch_bytes]
     first = q._claim(keys=q._claim_keys, args=args)
     second = q._claim(keys=q._claim_keys, args=args)
     assert first[0] == second[0] == 3
@@ -542,3 +548,34 @@ def test_redis_restart_between_claim_and_ack_loses_nothing(make_redis_server):
     assert sorted(uuids_of(batch[:4] + rest)) == sorted([u for u, _ in data] + [batch[3].uuid])
     assert q.depths()["processing"] == 0 and q.depths()["lists"] == {"default": 0}
     client.close()
+
+
+def test_make_redis_through_sentinel(redis_server, redis_url, tmp_path):
+    import subprocess
+
+    from conserver.devstack import free_port
+
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {redis_server.port} 1\n")
+    proc = subprocess.Popen([redis_server.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        cfg = Config(redis_url="redis://ignored:1/0", redis_sentinels=(("127.0.0.1", port),),
+                     redis_sentinel_master="mymaster")
+        client = make_redis(cfg)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.set("via-sentinel", "1")
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert redis.Redis.from_url(redis_url).get("via-sentinel") == b"1"
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
