@@ -107,6 +107,13 @@ class StorePipeline(WorkerTask):
             n = self.retry.call(lambda: self.queue.requeue_unstarted(claims), "hand back")
             log.info("draining: handed back %s unstarted vCons", n)
             return
+        if claims[0].deliveries > 1 and len(claims) > 1:
+            # A redelivered batch: the worker that held it died, perhaps because of one of
+            # these vCons. Take them one at a time (handing the rest back uncounted), so a
+            # poison vCon raises only its own delivery count, not its neighbours'.
+            rest = claims[1:]
+            self.retry.call(lambda: self.queue.requeue_unstarted(rest), "hand back")
+            claims = claims[:1]
         self.process(claims)
 
     def process(self, claims: list[Claim]) -> None:

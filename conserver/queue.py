@@ -80,6 +80,7 @@ DLQ = "DLQ:"
 _SAFE_ID = re.compile(rb"[0-9A-Za-z_\-]{1,64}\Z")
 _MAX_ERROR = 2000
 _STATUS = ("ok", "missing", "too_large", "wrongtype", "inline")
+_NONE: frozenset[str] = frozenset()
 _POLL_FIRST = 0.002  # idle polling with several lists: 2 ms, doubling up to poll_max
 
 
@@ -197,6 +198,18 @@ local function push_front(dst, items)
   end
 end
 
+-- cmd [key] args..., in chunks, results concatenated (HMGET, MGET)
+local function mcall(cmd, key, args)
+  local out = {}
+  for lo = 1, #args, 1000 do
+    local hi = math.min(#args, lo + 999)
+    local part
+    if key then part = redis.call(cmd, key, unpack(args, lo, hi)) else part = redis.call(cmd, unpack(args, lo, hi)) end
+    for j = 1, #part do out[lo + j - 1] = part[j] end
+  end
+  return out
+end
+
 local function uuid_of(item)
   if string.byte(item, 1) ~= 123 then return item end
   local ok, obj = pcall(cjson.decode, item)
@@ -228,23 +241,45 @@ end
 # KEYS[1] claim-token key, KEYS[1+i] ingress list i, KEYS[1+n+i] its processing list (i = 1..n)
 # ARGV: n, batch, max_deliveries, max_bytes, worker, now (ISO), token, preference "2,1,3",
 #       '1' to report which lists are non-empty (weighted choice), max bytes of bodies per batch
-# -> {moved, list index, non-empty flags, {claim rows}, {poisoned {item, deliveries}}}
-#    claim row: {item, body|nil, deliveries, status code, size, attempts, {stores done}}
+# -> {moved, list index, non-empty flags, {claim rows, flat}, {poisoned {item, deliveries}}}
+#    claim row (7 values): item, body|nil, deliveries, status code, size, attempts, "store,store" done
+# Hot path: a handful of calls per batch (HMGET, MGET, HSET), none per item in the common case.
 _CLAIM = r"""
 local n, batch, maxd, maxb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local worker, now, token, maxbatch = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[10])
 
-local function describe(item, id, deliveries)
-  local attempts = tonumber(redis.call('HGET', ATTEMPTS, id) or '0')
-  if string.byte(item, 1) == 123 then return {item, false, deliveries, 4, #item, attempts, {}} end
-  local done = {}
-  if id == item then done = redis.call('HKEYS', STORED .. string.lower(item)) end
-  local key = 'vcon:' .. item
-  local size = redis.pcall('STRLEN', key)
-  if type(size) == 'table' then return {item, false, deliveries, 3, 0, attempts, done} end
-  if size == 0 then return {item, false, deliveries, 1, 0, attempts, done} end
-  if maxb > 0 and size > maxb then return {item, false, deliveries, 2, size, attempts, done} end
-  return {item, redis.call('GET', key), deliveries, 0, size, attempts, done}
+-- counters, attempts and bodies of a list of items, in as few calls as possible
+local function lookup(items)
+  local ids, keys = {}, {}
+  for i, item in ipairs(items) do
+    ids[i] = item_id(item)
+    keys[i] = string.byte(item, 1) == 123 and '' or 'vcon:' .. item
+  end
+  return ids, mcall('HMGET', DELIVERIES, ids), mcall('HMGET', ATTEMPTS, ids), mcall('MGET', nil, keys)
+end
+
+-- append one claim row (7 values) to out; returns the body's size
+local function row(out, item, id, d, att, body)
+  local k, code, size = #out, 0, 0
+  local done = ''
+  if string.byte(item, 1) == 123 then
+    code, size, body = 4, #item, false
+  else
+    -- store marks can only exist after an earlier delivery (a crash, or a defer that left att)
+    if id == item and (d > 1 or att) then
+      done = table.concat(redis.call('HKEYS', STORED .. string.lower(item)), ',')
+    end
+    if not body then  -- MGET gives nil for a missing key and for a non-string value alike
+      code = redis.call('EXISTS', 'vcon:' .. item) == 1 and 3 or 1
+    elseif maxb > 0 and #body > maxb then
+      code, size, body = 2, #body, false
+    else
+      size = #body
+    end
+  end
+  out[k + 1], out[k + 2], out[k + 3], out[k + 4] = item, body, d, code
+  out[k + 5], out[k + 6], out[k + 7] = size, tonumber(att or '0'), done
+  return size
 end
 
 -- a re-run of a claim whose reply was lost: hand back the same batch
@@ -253,12 +288,11 @@ if prev then
   local tok, idx, cnt = string.match(prev, '^(.-)|(%d+)|(%d+)$')
   if tok == token then
     idx, cnt = tonumber(idx), tonumber(cnt)
+    local items = redis.call('LRANGE', KEYS[1 + n + idx], -cnt, -1)
+    local ids, dl, at, bodies = lookup(items)
     local out = {}
-    for _, item in ipairs(redis.call('LRANGE', KEYS[1 + n + idx], -cnt, -1)) do
-      local id = item_id(item)
-      out[#out + 1] = describe(item, id, tonumber(redis.call('HGET', DELIVERIES, id) or '1'))
-    end
-    return {#out, idx, '', out, {}}
+    for i, item in ipairs(items) do row(out, item, ids[i], tonumber(dl[i] or '1'), at[i], bodies[i]) end
+    return {#items, idx, '', out, {}}
   end
 end
 
@@ -271,25 +305,28 @@ for idx in string.gmatch(ARGV[8], '%d+') do
   local src, proc = KEYS[1 + idx], KEYS[1 + n + idx]
   local items = redis.call('LRANGE', src, 0, batch - 1)
   if #items > 0 then
-    local kept, out, poisoned, taken, bytes = {}, {}, {}, 0, 0
-    for _, item in ipairs(items) do
-      taken = taken + 1
-      local id = item_id(item)
-      local d = redis.call('HINCRBY', DELIVERIES, id, 1)
+    local ids, dl, at, bodies = lookup(items)
+    local kept, out, poisoned, counts, sets, taken, bytes = {}, {}, {}, {}, {}, 0, 0
+    for i, item in ipairs(items) do
+      taken = i
+      local id = ids[i]
+      local d = (counts[id] or tonumber(dl[i] or '0')) + 1
+      counts[id] = d
       if d > maxd then
         bury(src, item, id, 'poison', 'claimed ' .. d .. ' times and never acked, deferred or dead-lettered',
-             redis.call('HGET', ATTEMPTS, id) or '0', d, worker, now)
+             at[i] or '0', d, worker, now)
         poisoned[#poisoned + 1] = {item, d}
       else
         kept[#kept + 1] = item
-        local row = describe(item, id, d)
-        out[#out + 1] = row
-        bytes = bytes + row[5]
+        sets[#sets + 1] = id
+        sets[#sets + 1] = d
+        bytes = bytes + row(out, item, id, d, at[i], bodies[i])
         if bytes >= maxbatch then break end  -- a reply of bounded size, however big the bodies
       end
     end
     redis.call('LTRIM', src, taken, -1)
     if #kept > 0 then
+      for lo = 1, #sets, 1000 do redis.call('HSET', DELIVERIES, unpack(sets, lo, math.min(#sets, lo + 999))) end
       push_back(proc, kept)
       redis.call('HSET', INFLIGHT, proc, worker .. '\n' .. src)
       redis.call('SET', KEYS[1], token .. '|' .. idx .. '|' .. #kept, 'EX', 86400)
@@ -303,7 +340,7 @@ return {0, 0, flags, {}, {}}
 # KEYS: processing lists, one per group. ARGV: body expiry (s), then per group:
 # count, then count x (item, id, uuid for conserver:stored or '')
 _ACK = r"""
-local expiry, pos, acked, ids = tonumber(ARGV[1]), 2, 0, {}
+local expiry, pos, acked, ids, marks = tonumber(ARGV[1]), 2, 0, {}, {}
 for g = 1, #KEYS do
   local proc = KEYS[g]
   local cnt = tonumber(ARGV[pos])
@@ -324,7 +361,7 @@ for g = 1, #KEYS do
       acked = acked + 1
       ids[#ids + 1] = id
       if su ~= '' then
-        redis.call('DEL', STORED .. su)
+        marks[#marks + 1] = STORED .. su
         if expiry > 0 and id == item then redis.call('EXPIRE', 'vcon:' .. item, expiry) end
       end
     end
@@ -335,6 +372,7 @@ for lo = 1, #ids, 1000 do
   redis.call('HDEL', DELIVERIES, unpack(ids, lo, hi))
   redis.call('HDEL', ATTEMPTS, unpack(ids, lo, hi))
 end
+for lo = 1, #marks, 1000 do redis.call('DEL', unpack(marks, lo, math.min(#marks, lo + 999))) end
 return acked
 """
 
@@ -381,8 +419,10 @@ redis.call('DEL', HEARTBEAT .. worker, CLAIM_TOKEN .. worker)
 return moved
 """
 
-# KEYS[1] processing list, KEYS[2] source list. ARGV[1] worker id (found by SCAN, not registered)
+# KEYS[1] processing list, KEYS[2] source list. ARGV[1] worker id (found by SCAN, not registered;
+# registered by now means a claim made it since: the registry path owns it)
 _REQUEUE_LIST = r"""
+if redis.call('HEXISTS', INFLIGHT, KEYS[1]) == 1 then return -1 end
 if redis.call('EXISTS', HEARTBEAT .. ARGV[1]) == 1 then return -1 end
 local moved = move_all(KEYS[1], KEYS[2])
 redis.call('HDEL', INFLIGHT, KEYS[1])
@@ -414,7 +454,9 @@ if ARGV[4] == '1' then
     return {0, n}
   end
 else
-  n = tonumber(redis.call('HGET', ATTEMPTS, id) or '0')
+  -- not counted, but the field says "deferred before": the next claim then looks up store marks
+  redis.call('HSETNX', ATTEMPTS, id, 0)
+  n = tonumber(redis.call('HGET', ATTEMPTS, id))
 end
 local delay = tonumber(ARGV[9])
 if delay < 0 then
@@ -660,14 +702,15 @@ class WorkQueue:
         for item, deliveries in poisoned:
             log.warning("dead-lettered %s from %s: reason=poison (claimed %d times, never resolved)",
                         item_id(item) if item.startswith(b"{") else _label(_s(item)), source, deliveries)
-        claims = [self._make_claim(row, source) for row in rows]
+        make = self._make_claim
+        claims = [make(rows, i, source) for i in range(0, len(rows), 7)]
         slow = [c for c in claims if c.status == "wrongtype" or (c.inline and c.uuid)]
         if slow:
             self._slow_path(slow)
         return claims, moved
 
-    def _make_claim(self, row: list, source: str) -> Claim:
-        item, body, deliveries, code, size, attempts, done = row
+    def _make_claim(self, rows: list, i: int, source: str) -> Claim:
+        item, body, deliveries, code, size, attempts, done = rows[i:i + 7]
         if code == 4:  # inline: the item is the vCon
             uuid = ""
             try:
@@ -680,7 +723,7 @@ class WorkQueue:
         iid = item_id(item)
         uuid = iid if iid[0:5] != "sha1:" else item.decode(errors="replace")
         return Claim(item, source, uuid, body, deliveries, iid, attempts,
-                     frozenset(d.decode() for d in done) if done else frozenset(), _STATUS[code], size)
+                     frozenset(done.decode().split(",")) if done else _NONE, _STATUS[code], size)
 
     def _slow_path(self, claims: list[Claim]) -> None:
         """Bodies stored as RedisJSON values (JSON.GET), and the store marks of inline vCons."""
@@ -1098,6 +1141,7 @@ class LeaderLock:
         self._release = redis_client.register_script(_LOCK_RELEASE)
 
     def acquire(self) -> bool:
+        self.held = False  # stays False if Redis cannot be reached
         self.held = bool(self._acquire(keys=[self.key], args=[self.owner, self.ttl_ms]))
         return self.held
 

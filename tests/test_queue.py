@@ -166,9 +166,9 @@ def test_claim_rerun_after_lost_reply_returns_the_same_batch(r, make_queue):
     first = q._claim(keys=q._claim_keys, args=args)
     second = q._claim(keys=q._claim_keys, args=args)
     assert first[0] == second[0] == 3
-    assert [row[0] for row in first[3]] == [row[0] for row in second[3]]
+    assert first[3][::7] == second[3][::7] and len(first[3][::7]) == 3  # the same items
     assert r.llen("default") == 6 and r.llen(processing_key(q.worker_id, "default")) == 3
-    assert r.hget(DELIVERIES, first[3][0][0]) == b"1"  # not counted twice
+    assert r.hget(DELIVERIES, first[3][0]) == b"1"  # not counted twice
 
 
 # --- bodies and producers ---------------------------------------------------------------------

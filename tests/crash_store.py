@@ -1,0 +1,34 @@
+"""A store that kills its own worker process (SIGKILL) when a batch holds a "poison" uuid.
+
+CONSERVER_STORE_CRASH_UUIDS: comma list of uuids that crash the worker; everything else
+is accepted (use it beside a real store, which keeps the data).
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Sequence
+
+from conserver.storage import BatchResult, Sink
+
+
+class CrashStore(Sink):
+    name = "crash"
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.poison = {u for u in (config.extra or {}).get("CONSERVER_STORE_CRASH_UUIDS", "").split(",") if u}
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def write_batch(self, vcons: Sequence) -> BatchResult:
+        if any(v.uuid in self.poison for v in vcons):
+            os.kill(os.getpid(), signal.SIGKILL)  # like a segfault in a C extension
+        return {v.uuid: None for v in vcons}
+
+    def fetch(self, uuid: str):
+        return None

@@ -1,0 +1,112 @@
+"""Helpers for end-to-end tests: enqueue sample vCons, wait for the queue, read the stores."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+
+from conserver.config import Config, config_from_mapping
+from conserver.queue import WorkQueue, make_redis
+from conserver.storage import load_sinks
+from conserver.vcon import sample_vcon
+from tests.proc import wait_for
+
+
+def queue_for(env: dict[str, str]) -> tuple[Config, WorkQueue]:
+    cfg = config_from_mapping(env)
+    return cfg, WorkQueue(make_redis(cfg), cfg.ingress_lists, worker_id="test")
+
+
+def enqueue_samples(queue: WorkQueue, n: int, list_name: str = "default", seed: int | None = None) -> list[dict]:
+    rng = random.Random(seed)
+    vcons = [sample_vcon(rng) for _ in range(n)]
+    for lo in range(0, n, 1000):
+        queue.enqueue(list_name, [(v["uuid"], orjson.dumps(v)) for v in vcons[lo:lo + 1000]])
+    return vcons
+
+
+def drained(queue: WorkQueue) -> bool:
+    d = queue.depths()
+    return not any(d["lists"].values()) and d["processing"] == 0 and d["delayed"] == 0
+
+
+def wait_drained(queue: WorkQueue, timeout: float) -> None:
+    wait_for(lambda: drained(queue), timeout, interval=0.1, what="every list, processing list and retry empty")
+
+
+class StoreReader:
+    """Reads back what conserver wrote, with the stores' own read paths and raw clients."""
+
+    def __init__(self, cfg: Config, names: tuple[str, ...] = ("postgres", "s3", "elasticsearch")):
+        self.cfg = cfg
+        self.sinks = {s.name: s for s in load_sinks(names, cfg)}
+        for s in self.sinks.values():
+            s.open()
+
+    def close(self) -> None:
+        for s in self.sinks.values():
+            s.close()
+
+    def fetch(self, store: str, uuid: str) -> Any:
+        return self.sinks[store].fetch(uuid)
+
+    def pg_rows(self) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.cfg.postgres_dsn) as conn:
+            return conn.execute(f'SELECT id::text, count(*) OVER (PARTITION BY id) FROM "{self.cfg.postgres_table}"').fetchall()
+
+    def pg_xmin(self, uuid: str) -> int | None:
+        """The row version: it changes on every write, so an unchanged xmin proves no rewrite."""
+        import psycopg
+
+        with psycopg.connect(self.cfg.postgres_dsn) as conn:
+            try:
+                row = conn.execute(f'SELECT xmin::text FROM "{self.cfg.postgres_table}" WHERE id = %s', (uuid,)).fetchone()
+            except psycopg.errors.UndefinedTable:  # the workers have not created it yet
+                return None
+        return int(row[0]) if row else None
+
+    def s3_keys(self) -> list[str]:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.cfg.s3_endpoint_url, aws_access_key_id=self.cfg.aws_access_key_id,
+                              aws_secret_access_key=self.cfg.aws_secret_access_key, region_name=self.cfg.aws_region)
+        keys: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.s3_bucket):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        return keys
+
+    def es_ids(self) -> list[str]:
+        import urllib.request
+
+        index = f"{self.cfg.elasticsearch_index_prefix}vcons"
+        url = f"{self.cfg.elasticsearch_url}/{index}/_refresh"
+        urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10).read()
+        ids: list[str] = []
+        body = orjson.dumps({"size": 10000, "query": {"match_all": {}}, "_source": False})
+        req = urllib.request.Request(f"{self.cfg.elasticsearch_url}/{index}/_search", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        doc = orjson.loads(urllib.request.urlopen(req, timeout=30).read())
+        ids += [h["_id"] for h in doc["hits"]["hits"]]
+        return ids
+
+    def es_source(self, uuid: str) -> dict:
+        """The document as indexed (the store's fetch gives back the vCon without extras)."""
+        import urllib.request
+
+        url = f"{self.cfg.elasticsearch_url}/{self.cfg.elasticsearch_index_prefix}vcons/_doc/{uuid}"
+        return orjson.loads(urllib.request.urlopen(url, timeout=10).read())["_source"]
+
+    def census(self) -> dict[str, list[str]]:
+        """Every uuid in each store (duplicates kept, so a test can see them)."""
+        s3 = [k.rsplit("/", 1)[1][:-5] for k in self.s3_keys() if k.endswith(".vcon")]
+        return {"postgres": [r[0] for r in self.pg_rows()], "s3": s3, "elasticsearch": self.es_ids()}
+
+
+def wait_all_stored(reader: StoreReader, uuids: set[str], timeout: float) -> dict[str, list[str]]:
+    def complete():
+        c = reader.census()
+        return c if all(set(v) >= uuids for v in c.values()) else None
+    return wait_for(complete, timeout, interval=0.5, what=f"{len(uuids)} vCons in every store")
