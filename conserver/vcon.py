@@ -79,8 +79,9 @@ class Vcon:
 def check_uuid(value: Any, what: str = "uuid") -> str:
     """``value`` as a canonical lowercase UUID, or InvalidVcon (unsafe_uuid, bad_uuid, wrong_type).
 
-    The safety check runs on the raw string first, so a hostile value is named as such
-    even when it is not a UUID either.
+    A canonical UUID is safe by construction; anything else is checked for safety before
+    anything is derived from it, so a hostile value is named unsafe even when it is not a
+    UUID either.
     """
     if type(value) is str and _UUID.match(value):  # hex and '-' only: safe by construction
         return value.lower()

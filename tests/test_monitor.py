@@ -1,0 +1,128 @@
+"""Metrics, health endpoints, the status page (in headless Chromium) and `conserver status`."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conserver.devstack import free_port
+from tests.proc import ROOT, Conserver, title, wait_for
+from tests.stores import enqueue_samples, queue_for, wait_drained
+
+SECRET = "s3cr3t-pw-123"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture
+def monitored(tmp_path, redis_url):
+    port = free_port()
+    # default user without a password accepts any: a URL with a secret in it, for the redaction checks
+    url = redis_url.replace("redis://", f"redis://default:{SECRET}@")
+    env = {"REDIS_URL": url, "CONSERVER_WORKERS": "2", "CONSERVER_STORAGES": "null", "CONSERVER_METRICS_PORT": str(port),
+           "CONSERVER_METRICS_LOG_INTERVAL": "1s", "AWS_SECRET_ACCESS_KEY": SECRET, "CONSERVER_ENABLE_SCHEDULER": "true"}
+    c = Conserver(tmp_path, env)
+    yield c, env, f"http://127.0.0.1:{port}"
+    c.stop()
+
+
+def test_metrics_health_and_status(monitored):
+    c, env, base = monitored
+    cfg, queue = queue_for(env)
+    enqueue_samples(queue, 500)
+    queue.redis.rpush("default", "not-a-uuid")
+    wait_drained(queue, 60)
+    wait_for(lambda: get(base + "/healthz")[0] == 200, 10, what="/healthz")
+    code, body = get(base + "/healthz")
+    assert json.loads(body)["workers_running"] == 2
+    code, body = get(base + "/readyz")
+    assert code == 200 and json.loads(body)["redis"] is True
+
+    def metrics_settled():
+        text = get(base + "/metrics")[1]
+        return text if 'conserver_vcons_processed_total{list="default"} 500.0' in text else None
+
+    text = wait_for(metrics_settled, 10, what="metrics add up across workers")
+    assert 'conserver_vcons_dead_lettered_total{list="default",reason="bad_uuid"} 1.0' in text
+    assert 'conserver_store_write_seconds_count{store="null"}' in text
+    assert 'conserver_queue_depth{list="default"} 0.0' in text and 'conserver_dead_letters{list="default"} 1.0' in text
+    assert "conserver_worker_restarts_total 0.0" in text and "conserver_worker_utilization" in text
+    assert 'conserver_circuit_breaker_state{pid=' in text and "conserver_delayed_depth 0.0" in text
+    # seed 001's metrics line, every CONSERVER_METRICS_LOG_INTERVAL
+    line = c.wait_log("metrics processed=", timeout=5)
+    for field in ("processed=", "completed=", "failed=", "avg_duration_ms=", "p95_ms=", "worker_utilization=",
+                  "error_rate=", "uptime="):
+        assert field in line
+    code, page = get(base + "/status")
+    assert code == 200 and "not-a-uuid" in page and "bad_uuid" in page
+    for w in c.workers():
+        if "worker" in title(w.pid):
+            assert f"<td>{w.pid}</td>" in page
+    # the CLI shows the same facts from Redis
+    r = subprocess.run([sys.executable, "-m", "conserver", "status", "--json"], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env}, timeout=60)
+    status = json.loads(r.stdout)
+    assert status["queues"]["dlq"]["default"] == 1
+    assert sum((i or {}).get("processed", 0) for i in status["workers"].values()) <= 500
+    assert len([i for i in status["workers"].values() if i]) == 2
+    # no secret anywhere an operator looks
+    titles = " ".join(title(p) for p in c.all_pids())
+    for where, content in (("log", c.log()), ("titles", titles), ("metrics", text), ("page", page), ("cli", r.stdout)):
+        assert SECRET not in content, where
+    c.signal(signal.SIGTERM)
+    assert c.wait(20) == 0
+
+
+def test_readyz_fails_when_every_breaker_is_open(tmp_path, redis_url):
+    port = free_port()
+    env = {"REDIS_URL": redis_url, "CONSERVER_WORKERS": "1", "CONSERVER_STORAGES": "tests.faulty_store:FaultyStore",
+           "CONSERVER_STORE_FAULTY_MODE": "down", "CIRCUIT_BREAKER_THRESHOLD": "1", "CIRCUIT_BREAKER_TIMEOUT": "60s",
+           "CONSERVER_STORE_RETRIES": "0", "CONSERVER_METRICS_PORT": str(port), "CONSERVER_METRICS_LOG_INTERVAL": "0"}
+    c = Conserver(tmp_path, env)
+    try:
+        cfg, queue = queue_for(env)
+        enqueue_samples(queue, 5)
+        c.wait_log("circuit breaker tests.faulty_store:FaultyStore: closed -> open", timeout=20)
+        code, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(get(f"http://127.0.0.1:{port}/readyz")),
+                              10, what="readyz 503")
+        assert json.loads(body)["breakers"] == {"tests.faulty_store:FaultyStore": "open"}
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200  # alive, just not ready
+    finally:
+        c.stop()
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="Debian chromium not installed")
+def test_status_page_in_headless_chromium(monitored, tmp_path):
+    c, env, base = monitored
+    cfg, queue = queue_for(env)
+    enqueue_samples(queue, 200)
+    queue.redis.rpush("default", "../../etc/passwd")
+    wait_drained(queue, 60)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", base + "/status"], capture_output=True, text=True, timeout=60).stdout
+    assert "Workers on this host" in dom and "Dead letters" in dom and "Recent errors" in dom
+    assert "unsafe_uuid" in dom and "../../etc/passwd" in dom  # shown, escaped, not followed
+    assert 'http-equiv="refresh"' in dom  # refreshes itself
+    pids = [w.pid for w in c.workers() if "worker" in title(w.pid)]
+    assert all(f"<td>{pid}</td>" in dom for pid in pids)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "status.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", base + "/status"], capture_output=True, timeout=60)
+    assert shot.exists() and shot.stat().st_size > 10_000
