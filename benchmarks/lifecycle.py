@@ -93,7 +93,8 @@ def requeue(server, client, method: str, trials: int, workers: int, workdir: Pat
 
     client.flushall()
     batch = 50
-    enqueue_vcons(client, "default", workers * batch, VconFactory(seed=11, pool=200))
+    factory = VconFactory(seed=11, pool=200)
+    enqueue_vcons(client, "default", workers * batch, factory)
     env = base_env(server.url, workers=workers, method=method, storages=SLOW_STORE,
                    CONSERVER_STORE_SLOW_SECONDS=300, CONSERVER_STORE_TIMEOUT=600, JOB_TIMEOUT=3600,
                    CONSERVER_STORE_RETRIES=0, CONSERVER_MIN_UPTIME=3600, CONSERVER_HEARTBEAT_TIMEOUT=3600)
@@ -122,6 +123,12 @@ def requeue(server, client, method: str, trials: int, workers: int, workdir: Pat
                 if n >= batch or not exists:
                     times.append(now - t0)
                     how.append("llen" if n >= batch else "processing list gone")
+                    # The replacement (after its >= 80 ms backoff) must claim a fresh batch: a
+                    # redelivered one is taken one vCon at a time (pipeline.py), so swap the
+                    # requeued 50 for 50 new vCons before it starts.
+                    wait_for(lambda: client.llen("default") >= batch, 5, 0.0005, "the requeued batch")
+                    client.delete("default")
+                    enqueue_vcons(client, "default", batch, factory)
                     break
                 if now - t0 > 120:
                     raise TimeoutError(f"the batch of pid {victim} did not come back\n{c.log_tail()}")

@@ -69,6 +69,7 @@ class Config:
     pools: tuple[PoolConfig, ...] = ()
     enable_scheduler: bool = True
     autoscale: tuple[int, int] | None = None
+    autoscale_cooldown: float = 30.0
     max_vcons_per_worker: int = 0
     max_worker_rss_mb: int = 0
     max_worker_age: float = 0.0
@@ -351,6 +352,9 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
     c["enable_scheduler"] = parse_bool("CONSERVER_ENABLE_SCHEDULER",
                                        get("CONSERVER_ENABLE_SCHEDULER", get("ENABLE_SCHEDULER", "true")))
     c["autoscale"] = opt("CONSERVER_AUTOSCALE", parse_autoscale, None)
+    c["autoscale_cooldown"] = parse_duration("CONSERVER_AUTOSCALE_COOLDOWN", get("CONSERVER_AUTOSCALE_COOLDOWN", "30s"), "s", 0, 86400)
+    if c["autoscale"]:  # start at the low end; the monitor adds workers when the backlog asks
+        c["workers"] = c["autoscale"][0]
     c["max_vcons_per_worker"] = parse_int("CONSERVER_MAX_VCONS_PER_WORKER", get("CONSERVER_MAX_VCONS_PER_WORKER", "0"), 0, 1 << 40)
     c["max_worker_rss_mb"] = parse_int("CONSERVER_MAX_WORKER_RSS_MB", get("CONSERVER_MAX_WORKER_RSS_MB", "0"), 0, 1 << 20)
     c["max_worker_age"] = parse_duration("CONSERVER_MAX_WORKER_AGE", get("CONSERVER_MAX_WORKER_AGE", "0"), "s", 0, 365 * 86400)
@@ -410,14 +414,16 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
     c["metrics_host"] = get("CONSERVER_METRICS_HOST", "127.0.0.1")
     c["metrics_log_interval"] = parse_duration("CONSERVER_METRICS_LOG_INTERVAL", get("CONSERVER_METRICS_LOG_INTERVAL", "30s"), "s", 0, 86400)
 
-    _check_store_settings(c)
     weights_raw = get("CONSERVER_QUEUE_WEIGHTS", "")
     weights = parse_weights("CONSERVER_QUEUE_WEIGHTS", weights_raw, c["ingress_lists"]) if weights_raw else ()
     pools_file = pools_file or get("CONSERVER_POOLS_FILE", "")
     if pools_file:
         c["pools"] = _pools_from_toml(pools_file, c)
+    elif get("CONSERVER_POOLS", ""):
+        c["pools"] = parse_pools("CONSERVER_POOLS", get("CONSERVER_POOLS", ""), c)
     else:
         c["pools"] = (PoolConfig("default", c["workers"], c["ingress_lists"], c["storages"], weights),)
+    _check_store_settings(c)
     c["extra"] = {k: v for k, v in env.items() if k.startswith("CONSERVER_STORE_")}
     return Config(**c)
 
@@ -426,9 +432,27 @@ def _check_store_settings(c: dict[str, Any]) -> None:
     """A store named in CONSERVER_STORAGES must have what it needs to connect."""
     needs = {"postgres": ("POSTGRES_DSN", "postgres_dsn"), "s3": ("S3_BUCKET", "s3_bucket"),
              "elasticsearch": ("ELASTICSEARCH_URL", "elasticsearch_url")}
-    for store in c["storages"]:
+    for store in dict.fromkeys(s for p in c["pools"] for s in p.storages):
         if store in needs and not c[needs[store][1]]:
             raise ConfigError(needs[store][0], "", f"a value when CONSERVER_STORAGES includes {store}")
+
+
+def parse_pools(var: str, raw: str, c: dict[str, Any]) -> tuple[PoolConfig, ...]:
+    """``high=3:high; bulk=2:normal,low:s3,postgres`` -> pools (name=workers:lists[:stores])."""
+    allowed = "name=workers:list,list[:store,store] pools separated by ';', e.g. high=3:high;rest=1:normal,low"
+    pools = []
+    for part in (p.strip() for p in raw.split(";") if p.strip()):
+        name, eq, rest = part.partition("=")
+        fields = rest.split(":")
+        if not eq or not re.match(r"^[A-Za-z0-9_-]{1,60}$", name.strip()) or len(fields) not in (2, 3):
+            raise ConfigError(var, raw, allowed)
+        workers = parse_int(f"{var}[{name}] workers", fields[0], 1, 256)
+        lists = parse_list_names(f"{var}[{name}] lists", fields[1])
+        storages = parse_storages(f"{var}[{name}] stores", fields[2]) if len(fields) == 3 else c["storages"]
+        pools.append(PoolConfig(name.strip(), workers, lists, storages))
+    if not pools or len({p.name for p in pools}) != len(pools):
+        raise ConfigError(var, raw, allowed)
+    return tuple(pools)
 
 
 def _pools_from_toml(path: str, c: dict[str, Any]) -> tuple[PoolConfig, ...]:

@@ -251,12 +251,9 @@ class Fanout:
         else:
             for sink, todo in jobs:
                 by_store[sink.name] = self._write(sink, todo)
-        results: dict[str, dict[str, Outcome]] = {}
-        for v in vcons:
-            per_store = results.setdefault(v.uuid, {})
-            for sink in self.sinks:
-                per_store[sink.name] = by_store[sink.name][v.uuid] if sink.name in by_store and v.uuid in by_store[sink.name] else ALREADY_DONE
-        return results
+        return {
+            v.uuid: {s.name: by_store.get(s.name, _NONE).get(v.uuid, ALREADY_DONE) for s in self.sinks} for v in vcons
+        }
 
     def _write(self, sink: Sink, vcons: Sequence["Vcon"]) -> dict[str, Outcome]:
         """One store, through its breaker and retry_call. Never raises."""
@@ -339,3 +336,4 @@ class Fanout:
 
 
 _MISSING = object()
+_NONE: dict = {}

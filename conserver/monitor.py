@@ -90,12 +90,54 @@ class MonitorTask(WorkerTask):
             self.server.daemon_threads = True
             threading.Thread(target=self.server.serve_forever, name="http", daemon=True).start()
             log.info("metrics, health and status on http://%s:%d/", cfg.metrics_host, cfg.metrics_port)
+        self.autoscaler = self._make_autoscaler(cfg)
+        self.next_scale = 0.0
+        self.busy_seen: dict[int, tuple[float, float]] = {}  # pid -> (time, busy seconds)
         self.log_every = cfg.metrics_log_interval
         self.next_log = time.monotonic() + self.log_every if self.log_every else float("inf")
         self.last_snapshot = self.collector.snapshot()
 
+    def _make_autoscaler(self, cfg: Any) -> Any:
+        if not cfg.autoscale:
+            return None
+        import psutil
+
+        from conserver.autoscale import Autoscaler
+
+        psutil.cpu_percent()  # the first call only starts the measurement
+        self.board.autoscale_target = cfg.autoscale[0]
+        return Autoscaler(cfg.autoscale[0], cfg.autoscale[1], cfg.worker_memory_mb, cooldown=cfg.autoscale_cooldown,
+                          cpu_idle=lambda: 100.0 - psutil.cpu_percent(),
+                          mem_available_mb=lambda: psutil.virtual_memory().available / 1048576)
+
+    def autoscale(self) -> None:
+        pool = self.ctx.config.pools[0]
+        try:
+            backlog = sum(self.redis.llen(name) for name in pool.ingress_lists)
+        except Exception:
+            return  # no backlog known: no decision
+        now = time.time()
+        busy_share = []
+        for i in range(len(self.board.slots)):
+            s = self.board.slots[i]
+            if s.state in (EMPTY,) or s.role != b"worker" or s.pool.decode() != pool.name:
+                continue
+            busy = s.busy_seconds + (now - s.busy_since if s.busy_since else 0.0)
+            seen_at, seen_busy = self.busy_seen.get(s.pid, (s.started or now, 0.0))
+            if now > seen_at:
+                busy_share.append(min(1.0, max(0.0, (busy - seen_busy) / (now - seen_at))))
+            self.busy_seen[s.pid] = (now, busy)
+        utilization = sum(busy_share) / len(busy_share) if busy_share else 0.0
+        want, why = self.autoscaler.decide(self.board.autoscale_target, backlog, utilization)
+        if why:
+            log.info("autoscale: %d -> %d workers: %s", self.board.autoscale_target, want, why)
+        self.board.autoscale_target = want
+
     def run_once(self) -> None:
         now = time.monotonic()
+        if self.autoscaler is not None and now >= self.next_scale:
+            self.next_scale = now + 1.0
+            self.autoscale()
         if now >= self.next_log:
             self.next_log = now + self.log_every
             self.log_metrics()

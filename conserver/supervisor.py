@@ -124,7 +124,7 @@ class Supervisor:
         self.pools = {p.name: p for p in cfg.pools}
         self.targets = {p.name: p.workers for p in cfg.pools}
         services = [SCHEDULER_POOL] if cfg.enable_scheduler else []
-        if cfg.metrics_port or cfg.metrics_log_interval:
+        if cfg.metrics_port or cfg.metrics_log_interval or cfg.autoscale:
             services.append(MONITOR_POOL)
         for pool in services:
             self.pools[pool.name] = pool
@@ -198,7 +198,9 @@ class Supervisor:
             log.warning("could not preload %s: %s", self.cfg.pipeline, exc)
 
     def _next_timeout(self) -> float:
-        timeout = 0.5
+        # Deaths and signals wake us at once; this tick only paces what workers write on
+        # the board (ready, recycle requests, hangs), so a few times a second is enough.
+        timeout = 0.2
         now = time.monotonic()
         for t in self.not_before.values():
             timeout = min(timeout, max(0.0, t - now))
@@ -410,8 +412,23 @@ class Supervisor:
         self.begin_drain("crash loop")
         return True
 
+    def _follow_autoscale(self) -> None:
+        """The monitor decided how many workers the first pool needs; we own the processes."""
+        want = self.board.autoscale_target
+        pool = next(iter(p for p in self.pools if p not in SERVICE_TASKS), None)
+        if not self.cfg.autoscale or not want or pool is None:
+            return
+        low, high = self.cfg.autoscale
+        want = max(low, min(high, want))
+        if want != self.targets[pool]:
+            log.info("autoscale: pool %s %d -> %d workers", pool, self.targets[pool], want)
+            self.board.target_workers += want - self.targets[pool]
+            self.targets[pool] = want
+            self.pools[pool] = PoolConfig(pool, want, *self._pool_rest(pool))
+
     def manage_workers(self) -> None:
         """Start what is missing, retire what is surplus or replaced (rolling)."""
+        self._follow_autoscale()
         now = time.monotonic()
         by_key: dict[tuple[str, int], list[WorkerHandle]] = collections.defaultdict(list)
         for h in self.workers.values():

@@ -83,6 +83,7 @@ class Board(ctypes.Structure):
         ("processed_by_dead", ctypes.c_uint64),
         ("target_workers", ctypes.c_int32),
         ("draining", ctypes.c_int32),
+        ("autoscale_target", ctypes.c_int32),  # written by the monitor, followed by the supervisor
         ("start_method", ctypes.c_char * 16),
         ("slots", WorkerSlot * MAX_SLOTS),
     ]

@@ -259,6 +259,23 @@ def test_elasticsearch_item_errors_map_to_their_vcon(config):
     assert sink.is_transient(StoreError("429 es_rejected_execution_exception", transient=True, status=429))
 
 
+def test_elasticsearch_splits_a_batch_too_large_for_one_request(config, os_server, monkeypatch):
+    import conserver.storage.elasticsearch as es
+
+    sink = opened(config, "elasticsearch")
+    requests = []
+    bulk = sink._bulk
+    monkeypatch.setattr(sink, "_bulk", lambda lines, owners, result: (requests.append(len(owners)), bulk(lines, owners, result)))
+    monkeypatch.setattr(es, "MAX_BULK_BYTES", 5000)  # about three vCons
+    try:
+        vcons = make_vcons(10, seed=15)
+        assert sink.write_batch(vcons) == {v.uuid: None for v in vcons}
+    finally:
+        sink.close()
+    assert len(requests) > 2 and sum(requests) == 10
+    assert es_count(os_server, sink.index) == 10
+
+
 # ------------------------------------------------------------------------ loading
 
 

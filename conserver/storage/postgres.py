@@ -83,6 +83,13 @@ class PostgresSink(Sink):
                 "connect_timeout": max(2, math.ceil(timeout)),  # libpq takes whole seconds, at least 2
                 "options": f"-c statement_timeout={int(timeout * 1000)}",
                 "application_name": "conserver",
+                # a dead peer or a partition: unacknowledged writes fail after the timeout
+                # and an idle connection is probed, instead of a batch waiting forever
+                "tcp_user_timeout": int(timeout * 1000),
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
             },
             # A connection is checked (one empty query) when it leaves the pool, so after a
             # server restart a stale connection is replaced instead of failing a batch.
