@@ -100,15 +100,43 @@ def machine_info() -> dict[str, Any]:
         "redis_server": redis_version,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_at_start": _read("/proc/loadavg").split()[:3],
+        "cpu_idle_pct_at_start": round(cpu_idle(1.0), 1),
         "commit": commit,
     }
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = _read("/proc/stat").splitlines()[0].split()[1:]
+    values = [int(x) for x in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values[:8]), idle
+
+
+def cpu_idle(seconds: float = 0.5) -> float:
+    """Percent of all CPUs idle over the next ``seconds``: how busy the machine is without us."""
+    t0, i0 = _cpu_times()
+    time.sleep(seconds)
+    t1, i1 = _cpu_times()
+    return 100.0 * (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(min_idle: float = 60.0, max_wait: float = 60.0) -> float:
+    """On a shared machine, wait (at most ``max_wait`` s) until at least ``min_idle`` percent of
+    the CPUs were idle over half a second, so other people's work disturbs a measurement less.
+    Returns the idle percent last seen (the figure to print beside the result)."""
+    deadline = time.monotonic() + max_wait
+    idle = cpu_idle()
+    while idle < min_idle and time.monotonic() < deadline:
+        idle = cpu_idle()
+    return idle
 
 
 def machine_line(info: dict[str, Any]) -> str:
     load = " ".join(info.get("loadavg_at_start") or [])
     return (f"Machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
             f"{info['memory_gib']} GiB, Python {info['python']}, {info['os']}, redis-server {info['redis_server']}; "
-            f"run {info['date']}, load average at start {load}; commit {info['commit'] or '?'}.")
+            f"run {info['date']}, load average at start {load}, CPU idle at start "
+            f"{info.get('cpu_idle_pct_at_start', '?')}%; commit {info['commit'] or '?'}.")
 
 
 # ---------------------------------------------------------------------------- redis
@@ -523,7 +551,6 @@ _ORDER = ["queue", "lifecycle", "memory", "scaling", "fanout", "plot"]
 
 def update_results(name: str, body: str) -> Path:
     """Replace (or add) the section ``name`` of RESULTS.md, keeping the others."""
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     text = RESULTS.read_text() if RESULTS.exists() else ""
     sections: dict[str, str] = {}
     for m in re.finditer(r"<!-- BEGIN (\S+) -->\n(.*?)<!-- END \1 -->", text, re.S):

@@ -29,7 +29,7 @@ from typing import Any
 
 from benchmarks.common import (WORKER_TITLE, Conserver, VconFactory, alive, base_env, descendants, enqueue_vcons,
                                log, machine_info, md_table, percentile, ratio, redis_client, report, start_redis,
-                               title, wait_for)
+                               title, wait_for, wait_quiet)
 
 METHODS = ("fork", "spawn", "forkserver")
 TARGET_REPLACE_P99 = 0.100
@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=50, help="kill -9 trials for the replacement time, per method")
     p.add_argument("--requeue-trials", type=int, default=12, help="kill -9 of a busy worker, per method")
     p.add_argument("--term-reps", type=int, default=3, help="SIGTERM trials (idle and busy), per method")
+    p.add_argument("--min-idle", type=float, default=60.0,
+                   help="before each run wait until this %% of the CPUs is idle (a shared machine) ...")
+    p.add_argument("--quiet-wait", type=float, default=60.0, help="... but at most this many seconds (0: never wait)")
     p.add_argument("--busy-seconds", type=float, default=2.0, help="how long the slow store's write_batch sleeps")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -206,16 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, dict[str, Any]] = {}
     try:
         for m in methods:
-            r: dict[str, Any] = {}
+            r: dict[str, Any] = {"cpu_idle_before_pct": {}}
             client.flushall()
+            r["cpu_idle_before_pct"]["replacement"] = wait_quiet(args.min_idle, args.quiet_wait)
             log(f"{m}: {args.kills} x kill -9 of an idle worker ({args.workers} workers)")
             r["replacement"] = replacement(server, m, args.kills, args.workers, workdir)
             log(f"{m}: replacement p50 {percentile(r['replacement']['to_idle'], 50) * 1000:.1f} ms, "
                 f"p99 {percentile(r['replacement']['to_idle'], 99) * 1000:.1f} ms")
+            r["cpu_idle_before_pct"]["requeue"] = wait_quiet(args.min_idle, args.quiet_wait)
             log(f"{m}: {args.requeue_trials} x kill -9 of a worker holding 50 claimed vCons")
             r["requeue"] = requeue(server, client, m, args.requeue_trials, args.workers, workdir)
             log(f"{m}: requeue p50 {percentile(r['requeue']['times'], 50) * 1000:.1f} ms")
             client.flushall()
+            r["cpu_idle_before_pct"]["sigterm"] = wait_quiet(args.min_idle, args.quiet_wait)
             log(f"{m}: SIGTERM, idle and busy, {args.term_reps} times each")
             r["term_idle"] = term_idle(server, m, args.workers, args.term_reps, workdir)
             r["term_busy"] = term_busy(server, client, m, args.workers, args.term_reps, args.busy_seconds, workdir)
@@ -267,11 +273,15 @@ def main(argv: list[str] | None = None) -> int:
              "being back in the list. SIGTERM: to the master; clock to every process of the tree gone "
              f"({args.term_reps} runs each; busy: every worker inside a {args.busy_seconds:g} s write_batch, 200 more "
              "vCons queued, which must stay queued). Ratios to the targets and to fork in this run.")
+    idle_rows = [[m, *(f"{r['cpu_idle_before_pct'].get(k, float('nan')):.0f}%" for k in ("replacement", "requeue", "sigterm"))]
+                 for m, r in res.items()]
+    t_idle = md_table(["start method", "CPU idle before: replacement", "requeue", "SIGTERM"], idle_rows)
     report("lifecycle", "Process lifecycle: replacement, requeue, SIGTERM", info,
            "python -m benchmarks lifecycle" + ("" if not argv else " " + " ".join(argv)), intro,
            ["Replacement after kill -9 (idle worker):\n\n" + t_replace,
             "Requeue after kill -9 of a worker holding a batch:\n\n" + t_requeue,
-            "SIGTERM to every process gone:\n\n" + t_term],
+            "SIGTERM to every process gone:\n\n" + t_term,
+            "How busy the (shared) machine was just before each phase:\n\n" + t_idle],
            {"results": res, "targets": {"replacement_p99_s": TARGET_REPLACE_P99, "requeue_s": TARGET_REQUEUE,
                                         "term_idle_s": TARGET_TERM_IDLE}, "args": vars(args)})
     return 0

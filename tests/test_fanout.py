@@ -99,7 +99,7 @@ def test_every_store_gets_every_vcon(parallel, config, s3_server, os_server):
 def test_parallel_writes_the_stores_at_the_same_time(config):
     # Two slow stores: together in about the time of one when parallel.
     names = ("null", FAULTY)
-    for parallel, bound in ((True, 0.55), (False, None)):
+    for parallel, bound in ((True, 0.7), (False, None)):
         fanout = make_fanout(config, names=names, parallel=parallel)
         faulty(fanout).mode = "slow:0.4"
         fanout.sinks[0].write_batch = lambda vcons: (time.sleep(0.4), {v.uuid: None for v in vcons})[1]

@@ -89,7 +89,7 @@ def test_tenant_cap_holds_across_threads_and_processes(r, redis_url):
         p.join(5)
         assert p.exitcode == 0
     assert len(done) == 12 and set(done.values()) == {rounds}
-    assert 1 <= int(r.get("peak")) <= limit
+    assert int(r.get("peak")) == limit  # reached (the test contends) and never passed
     assert int(r.get("active")) == 0
     assert not r.exists(TENANT + "t")  # the last release removes the key
 
@@ -160,7 +160,7 @@ def test_limit_zero_never_touches_redis(r):
     assert slots.acquire_many({"a": 5, "b": 0}, "w") == {"a": 5, "b": 0}
     assert slots.release("t", "w", 7) == 7
     assert slots.renew("t", "w") == 0
-    assert r.info("commandstats") == {} or script_calls(r) == 0
+    assert script_calls(r) == 0
     assert r.dbsize() == 0
 
 
@@ -231,7 +231,7 @@ def test_burst_then_steady_rate_across_processes(r, redis_url):
         p.join(5)
         assert p.exitcode == 0
     first = times[0]
-    assert sum(1 for t in times if t < first + 0.05) >= burst - 1  # the burst comes at once
+    assert sum(1 for t in times if t < first + 0.2) >= burst  # the burst comes at once
     steady = [t for t in times if first + 0.3 <= t < first + 2.3]
     assert len(steady) / 2.0 == pytest.approx(rate, rel=0.2)
     assert len(times) == pytest.approx(burst + rate * (times[-1] - first), rel=0.1)
@@ -247,7 +247,7 @@ def test_try_acquire_wait_estimate(r):
     assert bucket.try_acquire(2) > 0.0
     time.sleep(bucket.wait_time(2) + 0.01)
     assert bucket.try_acquire(2) == 0.0
-    assert bucket.state()["tokens"] == pytest.approx(0.1, abs=0.05)
+    assert 0.0 <= bucket.state()["tokens"] < 0.6  # taken as soon as there were two
 
 
 def test_more_than_burst_waits_for_a_full_bucket_then_leaves_a_debt(r):
@@ -291,6 +291,7 @@ def test_throttled_halves_the_shared_rate_then_it_recovers(r, redis_url):
     assert fast.state()["rate"] == pytest.approx(rate / 32)  # no recovery before recover_after
     time.sleep(1.1)  # ramp for ~1.0 s: +10 % of the rate per second
     assert fast.state()["rate"] == pytest.approx(rate / 32 + 0.1 * rate, abs=0.03 * rate)
+    other.redis.close()
 
 
 def test_recovery_integral_and_cap(r):
@@ -300,13 +301,13 @@ def test_recovery_integral_and_cap(r):
     # throttled 7 s ago, ramping for 2 s from 5/s: now 7/s, refilled 2 * (5 + 7) / 2 = 12
     r.hset(BUCKET + "ramp", mapping={"tokens": 0, "ts": repr(now - 2), "rate": 5, "throttled": repr(now - 7)})
     state = bucket.state()
-    assert state["rate"] == pytest.approx(7.0, abs=0.05)
-    assert state["tokens"] == pytest.approx(12.0, abs=0.1)
-    # 3 s flat at 5/s, then 5 s of ramp to 10/s (avg 7.5), then 2 s at 10/s: 15 + 37.5 + 20
-    r.hset(BUCKET + "ramp", mapping={"tokens": 0, "ts": repr(now - 10), "rate": 5, "throttled": repr(now - 8)})
+    assert state["rate"] == pytest.approx(7.0, abs=0.2)  # (a loaded machine's delays)
+    assert state["tokens"] == pytest.approx(12.0, abs=1.0)
+    # throttled 12 s ago: 3 s flat at 5/s, 5 s of ramp to 10/s (avg 7.5), 2 s at 10/s: 15 + 37.5 + 20
+    r.hset(BUCKET + "ramp", mapping={"tokens": 0, "ts": repr(now - 10), "rate": 5, "throttled": repr(now - 12)})
     state = bucket.state()
     assert state["rate"] == 10.0
-    assert state["tokens"] == pytest.approx(72.5, abs=0.2)
+    assert state["tokens"] == pytest.approx(72.5, abs=1.0)
     assert 0 < r.pttl(BUCKET + "ramp")
 
 

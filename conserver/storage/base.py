@@ -33,7 +33,10 @@ if TYPE_CHECKING:
     from conserver.config import Config
     from conserver.vcon import Vcon
 
-__all__ = ["BatchResult", "Sink", "StoreError", "dedupe", "http_status_is_transient", "load_sinks", "sink_class"]
+__all__ = [
+    "BUILTIN_SINKS", "BatchResult", "Sink", "StoreError", "dedupe", "default_is_transient", "http_status_is_transient",
+    "load_sinks", "sink_class",
+]
 
 # uuid -> None (committed) or the error for that vCon
 BatchResult = dict[str, "BaseException | None"]

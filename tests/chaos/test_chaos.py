@@ -1,0 +1,189 @@
+"""Chaos: kills, store outages, a Redis restart, bad input and poison, at a larger scale.
+
+Each test prints one summary line: sent, stored, lost, duplicated, dead-lettered, restarts.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import threading
+import time
+
+import orjson
+import pytest
+
+from tests.chaos.corpus import BAD_CORPUS
+from tests.proc import Conserver, title, wait_for
+from tests.stores import StoreReader, enqueue_samples, queue_for, wait_drained
+
+STORES = ("postgres", "s3", "elasticsearch")
+RESILIENT = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": "2s", "SCHEDULER_INTERVAL": "200ms",
+             "CONSERVER_STORE_RETRIES": "1", "CONSERVER_STORE_TIMEOUT": "2s", "CIRCUIT_BREAKER_THRESHOLD": "3",
+             "CIRCUIT_BREAKER_TIMEOUT": "2s", "MAX_RETRIES": "1000", "CONSERVER_MIN_UPTIME": "0",
+             "CONSERVER_CRASH_LIMIT": "100000", "CONSERVER_GRACEFUL_TIMEOUT": "10", "CONSERVER_ENABLE_SCHEDULER": "true"}
+
+
+@pytest.fixture
+def run(tmp_path):
+    started: list[Conserver] = []
+
+    def _run(env: dict[str, str], workers: int = 2) -> Conserver:
+        c = Conserver(tmp_path, {"CONSERVER_WORKERS": str(workers), **RESILIENT, **env})
+        started.append(c)
+        return c
+
+    yield _run
+    for c in started:
+        c.stop()
+
+
+def summary(name: str, sent: set[str], census: dict[str, list[str]], dead: int, c: Conserver) -> dict[str, int]:
+    stored = set.intersection(*(set(v) for v in census.values())) if census else set()
+    lost = len(sent - stored)
+    duplicated = sum(n - 1 for ids in census.values() for n in collections.Counter(ids).values() if n > 1)
+    restarts = c.log().count("was killed by") + c.log().count("exited with code")
+    figures = {"sent": len(sent), "stored": len(stored & sent), "lost": lost, "duplicated": duplicated,
+               "dead_lettered": dead, "restarts": restarts}
+    print(f"\nCHAOS {name}: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    return figures
+
+
+def census_of(env: dict[str, str], stores=STORES) -> dict[str, list[str]]:
+    reader = StoreReader(queue_for(env)[0], stores)
+    try:
+        full = reader.census()
+        return {k: v for k, v in full.items() if k in stores}
+    finally:
+        reader.close()
+
+
+def test_kill9_a_random_worker_every_250ms(run, stack_env):
+    env = {**stack_env, "CONSERVER_BATCH_SIZE": "25"}
+    cfg, queue = queue_for(env)
+    sent = {v["uuid"] for v in enqueue_samples(queue, 5000)}
+    c = run(env, workers=3)
+    c.wait_workers(3, state="", timeout=20)
+    stop, kills = threading.Event(), [0]
+
+    def killer():
+        rng = random.Random(7)
+        while not stop.wait(0.25):
+            victims = [w for w in c.workers() if title(w.pid).startswith("conserver: worker")]
+            if victims:
+                try:
+                    os.kill(rng.choice(victims).pid, signal.SIGKILL)
+                    kills[0] += 1
+                except ProcessLookupError:
+                    pass
+
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        wait_for(lambda: queue.depths()["lists"]["default"] == 0, 240, interval=0.5, what="the list consumed")
+    finally:
+        stop.set()
+        t.join()
+    wait_drained(queue, 120)
+    census = census_of(env)
+    f = summary("kill9", sent, census, sum(queue.depths()["dlq"].values()), c)
+    assert kills[0] >= 8
+    assert f["lost"] == 0 and f["duplicated"] == 0 and f["stored"] == 5000
+    assert queue.depths()["processing"] == 0
+    # a vCon in flight with a worker killed 5 times would be poison; with this pace none is
+    assert f["dead_lettered"] == 0
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_store_outage_of_20_seconds(run, stack_env, store, pg_server, s3_server):
+    from conserver.devstack import OpenSearchServer
+
+    own = OpenSearchServer().start() if store == "elasticsearch" else None  # osmem forgets on restart
+    env = {**stack_env, **({"ELASTICSEARCH_URL": own.url} if own else {})}
+    server = {"postgres": pg_server, "s3": s3_server, "elasticsearch": own}[store]
+    cfg, queue = queue_for(env)
+    try:
+        c = run(env)
+        sent = {v["uuid"] for v in enqueue_samples(queue, 400)}
+        wait_drained(queue, 60)
+        server.stop()
+        during = {v["uuid"] for v in enqueue_samples(queue, 800)}
+        time.sleep(20)
+        server.start()
+        wait_drained(queue, 120)
+        census = census_of(env)
+        if store == "elasticsearch":  # its first 400 went with the restart; check the rest there
+            census["elasticsearch"] = list(set(census["elasticsearch"]) | sent)
+        f = summary(f"outage-{store}", sent | during, census, sum(queue.depths()["dlq"].values()), c)
+        assert f["lost"] == 0 and f["duplicated"] == 0 and f["dead_lettered"] == 0
+        assert "crash loop" not in c.log() and c.proc.poll() is None and f["restarts"] == 0
+        assert f"circuit breaker {store}: closed -> open" in c.log()
+    finally:
+        if not server.is_running():
+            server.start()
+        if own:
+            own.close()
+
+
+def test_redis_restart_with_appendonly(run, stack_env, make_redis_server):
+    redis = make_redis_server(appendonly=True)
+    env = {**stack_env, "REDIS_URL": redis.url, "CONSERVER_BATCH_SIZE": "20"}
+    cfg, queue = queue_for(env)
+    sent = {v["uuid"] for v in enqueue_samples(queue, 3000)}
+    c = run(env)
+    wait_for(lambda: queue.depths()["lists"]["default"] < 2500, 60, what="processing under way")
+    redis.stop()
+    time.sleep(5)
+    redis.start()
+    wait_drained(queue, 180)
+    f = summary("redis-restart", sent, census_of(env), sum(queue.depths()["dlq"].values()), c)
+    assert f["lost"] == 0 and f["duplicated"] == 0
+    assert c.proc.poll() is None and "crash loop" not in c.log()
+
+
+def test_bad_input_corpus_is_dead_lettered_with_the_right_reason(run, stack_env):
+    cfg, queue = queue_for(stack_env)
+    good = enqueue_samples(queue, 300)
+    expected: dict[str, str] = {}
+    rng = random.Random(3)
+    for kind, (item, body, reason) in BAD_CORPUS.items():
+        if body is not None:
+            queue.redis.set(f"vcon:{item}", body)
+        queue.redis.rpush("default", item)
+        expected[item if isinstance(item, str) else item.decode(errors="replace")] = reason
+        # interleave with good ones so bad input never blocks what is behind it
+        more = enqueue_samples(queue, rng.randint(1, 5))
+        good += more
+    c = run(stack_env)
+    wait_drained(queue, 120)
+    dead = queue.dlq_list(limit=1000)
+    got = {}
+    for d in dead:
+        key = d.get("uuid") or d.get("item_id")
+        got[key] = d["reason"]
+    for d in dead:  # inline items are listed by hash: map them back through show
+        if d.get("inline"):
+            got[queue.dlq_show(d["item_id"])["body"]] = d["reason"]
+    f = summary("bad-input", {v["uuid"] for v in good}, census_of(stack_env), len(dead), c)
+    assert len(BAD_CORPUS) >= 20
+    assert f["lost"] == 0 and f["dead_lettered"] == len(BAD_CORPUS)
+    for item, reason in expected.items():
+        assert got.get(item) == reason, (item[:80], got.get(item), reason)
+    assert f["restarts"] == 0  # no worker crashed
+
+
+def test_poison_vcon_ends_in_the_dead_letters(run, stack_env):
+    cfg, queue = queue_for(stack_env)
+    vcons = enqueue_samples(queue, 500)
+    poison = {vcons[37]["uuid"], vcons[311]["uuid"]}
+    env = {**stack_env, "CONSERVER_STORAGES": stack_env["CONSERVER_STORAGES"] + ",tests.crash_store:CrashStore",
+           "CONSERVER_STORE_CRASH_UUIDS": ",".join(poison), "CONSERVER_MAX_DELIVERIES": "3"}
+    c = run(env)
+    wait_drained(queue, 120)
+    dead = queue.dlq_list()
+    sent = {v["uuid"] for v in vcons} - poison
+    f = summary("poison", sent, census_of(stack_env), len(dead), c)
+    assert sorted((d["uuid"], d["reason"]) for d in dead) == sorted((u, "poison") for u in poison)
+    assert f["lost"] == 0 and f["duplicated"] == 0 and f["restarts"] >= 6
+    assert c.proc.poll() is None
