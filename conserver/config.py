@@ -88,6 +88,10 @@ class Config:
     worker_heartbeat_ttl: float = 30.0
     max_vcon_bytes: int = 16 * 1024 * 1024
     default_tenant_concurrency: int = 0
+    tenant_slot_ttl: float = 300.0
+    rate_limits: tuple[tuple[str, float, float], ...] = ()  # (store, per second, burst)
+    rate_limit_max: int = 0  # vCons per rate_limit_duration, all workers and hosts together
+    rate_limit_duration: float = 60.0
     # --- stores ---
     storages: tuple[str, ...] = ()
     parallel_storage: bool = True
@@ -96,6 +100,8 @@ class Config:
     store_threads: int = 8
     circuit_breaker_threshold: int = 5
     circuit_breaker_timeout: float = 60.0
+    store_retry_backoff: float = 0.2
+    store_retry_backoff_max: float = 2.0
     postgres_dsn: str = ""
     postgres_table: str = "vcons"
     postgres_pool_size: int = 4
@@ -103,6 +109,7 @@ class Config:
     s3_prefix: str = ""
     s3_endpoint_url: str = ""
     s3_create_bucket: bool = False
+    s3_lookup_objects: bool = True
     aws_access_key_id: str = ""
     aws_secret_access_key: str = ""
     aws_region: str = "us-east-1"
@@ -244,6 +251,22 @@ def parse_weights(var: str, raw: str, lists: tuple[str, ...]) -> tuple[tuple[str
     return tuple((name, pairs[name]) for name in lists)
 
 
+def parse_rate_limits_setting(var: str, raw: str) -> tuple[tuple[str, float, float], ...]:
+    """``elasticsearch:200/400,s3:50``: per store, vCons per second and an optional burst."""
+    out = []
+    for item in (i.strip() for i in raw.split(",") if i.strip()):
+        store, sep, spec = item.rpartition(":")
+        rate, _, burst = spec.partition("/")
+        try:
+            r, b = float(rate), float(burst or rate)
+        except ValueError:
+            raise ConfigError(var, raw, "store:rate[/burst] entries, e.g. elasticsearch:200/400,s3:50") from None
+        if not sep or not store or not (0 < r < 1e9) or not (0 < b < 1e9):
+            raise ConfigError(var, raw, "store:rate[/burst] entries with positive numbers, e.g. elasticsearch:200/400")
+        out.append((store, r, b))
+    return tuple(out)
+
+
 def parse_sentinels(var: str, raw: str) -> tuple[tuple[str, int], ...]:
     out = []
     for item in (i.strip() for i in raw.split(",") if i.strip()):
@@ -375,11 +398,18 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
     c["worker_heartbeat_ttl"] = parse_duration("CONSERVER_WORKER_HEARTBEAT_TTL", get("CONSERVER_WORKER_HEARTBEAT_TTL", "30s"), "s", 1, 3600)
     c["max_vcon_bytes"] = parse_int("CONSERVER_MAX_VCON_BYTES", get("CONSERVER_MAX_VCON_BYTES", str(16 * 1024 * 1024)), 1024, 512 * 1024 * 1024)
     c["default_tenant_concurrency"] = parse_int("DEFAULT_TENANT_CONCURRENCY", get("DEFAULT_TENANT_CONCURRENCY", "0"), 0, 1 << 20)
+    c["tenant_slot_ttl"] = parse_duration("CONSERVER_TENANT_SLOT_TTL", get("CONSERVER_TENANT_SLOT_TTL", "5m"), "s", 1, 86400)
+    c["rate_limits"] = opt("CONSERVER_RATE_LIMITS", parse_rate_limits_setting, ())
+    c["rate_limit_max"] = parse_int("RATE_LIMIT_MAX", get("RATE_LIMIT_MAX", "0"), 0, 1 << 40)
+    # Seed 004 writes this in milliseconds (60000 = one minute).
+    c["rate_limit_duration"] = parse_duration("RATE_LIMIT_DURATION", get("RATE_LIMIT_DURATION", "60000"), "ms", 0.001, 86400)
     # --- stores ---
     c["storages"] = parse_storages("CONSERVER_STORAGES", get("CONSERVER_STORAGES", ""))
     c["parallel_storage"] = parse_bool("CONSERVER_PARALLEL_STORAGE", get("CONSERVER_PARALLEL_STORAGE", "true"))
     c["store_timeout"] = parse_duration("CONSERVER_STORE_TIMEOUT", get("CONSERVER_STORE_TIMEOUT", "10s"), "s", 0.1, 600)
     c["store_retries"] = parse_int("CONSERVER_STORE_RETRIES", get("CONSERVER_STORE_RETRIES", "3"), 0, 20)
+    c["store_retry_backoff"] = parse_duration("CONSERVER_STORE_RETRY_BACKOFF", get("CONSERVER_STORE_RETRY_BACKOFF", "200ms"), "s", 0.001, 60)
+    c["store_retry_backoff_max"] = parse_duration("CONSERVER_STORE_RETRY_BACKOFF_MAX", get("CONSERVER_STORE_RETRY_BACKOFF_MAX", "2s"), "s", 0.001, 600)
     c["store_threads"] = parse_int("CONSERVER_STORE_THREADS", get("CONSERVER_STORE_THREADS", "8"), 1, 256)
     c["circuit_breaker_threshold"] = parse_int("CIRCUIT_BREAKER_THRESHOLD", get("CIRCUIT_BREAKER_THRESHOLD", "5"), 1, 10000)
     # Seed 004 writes this in milliseconds (60000), so a bare number is milliseconds.
@@ -396,6 +426,7 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
     endpoint = get("S3_ENDPOINT_URL", "")
     c["s3_endpoint_url"] = parse_url("S3_ENDPOINT_URL", endpoint, ("http", "https")) if endpoint else ""
     c["s3_create_bucket"] = parse_bool("S3_CREATE_BUCKET", get("S3_CREATE_BUCKET", "false"))
+    c["s3_lookup_objects"] = parse_bool("S3_LOOKUP_OBJECTS", get("S3_LOOKUP_OBJECTS", "true"))
     c["aws_access_key_id"] = get("AWS_ACCESS_KEY_ID", "")
     c["aws_secret_access_key"] = get("AWS_SECRET_ACCESS_KEY", "")
     c["aws_region"] = get("AWS_REGION", get("AWS_DEFAULT_REGION", "us-east-1"))

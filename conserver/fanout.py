@@ -29,7 +29,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from conserver.resilience import CircuitBreaker, retry_call
 from conserver.storage.base import Sink, StoreError
@@ -129,6 +129,9 @@ class Fanout:
         breaker_threshold: int = 5,
         breaker_timeout: float = 60.0,
         on_store_result: StoreResultHook | None = None,
+        rate_limiters: Mapping[str, Any] | None = None,
+        rate_wait: float = 5.0,
+        should_stop: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -141,6 +144,10 @@ class Fanout:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.on_store_result = on_store_result
+        # store -> a token bucket shared by every worker (limits.SharedTokenBucket)
+        self.rate_limiters = dict(rate_limiters or {})
+        self.rate_wait = rate_wait
+        self.should_stop = should_stop
         self._sleep = sleep
         self.breakers = {s.name: CircuitBreaker(s.name, breaker_threshold, breaker_timeout, clock) for s in sinks}
         self._pools: dict[str, ThreadPoolExecutor] = {}
@@ -264,8 +271,13 @@ class Fanout:
         last_error: dict[str, BaseException] = {}
         calls = 0
 
+        limiter = self.rate_limiters.get(sink.name)
+
         def call() -> None:
             nonlocal calls
+            if limiter is not None and not limiter.acquire(len(pending), timeout=self.rate_wait,
+                                                           should_stop=self.should_stop):
+                raise _BreakerOpen()  # over the rate limit: not tried, deferred without using a retry
             if not breaker.allow():
                 raise _BreakerOpen()
             calls += 1
@@ -273,6 +285,8 @@ class Fanout:
             try:
                 result = sink.write_batch(batch)
             except Exception as exc:
+                if limiter is not None and _throttling(exc):
+                    limiter.throttled()
                 if is_transient(exc):
                     breaker.record_failure()
                     last_error.update(dict.fromkeys(pending, exc))
@@ -289,6 +303,8 @@ class Fanout:
                     error = StoreError(f"store {sink.name} returned no result for {uuid}", transient=True)
                 if is_transient(error):
                     last_error[uuid] = error
+                    if limiter is not None and _throttling(error):
+                        limiter.throttled()
                 else:
                     out[uuid] = Outcome(Status.PERMANENT, error, calls)
                     del pending[uuid]
@@ -333,6 +349,12 @@ class Fanout:
                 self.on_store_result(store, seconds, n_ok, n_failed)
             except Exception:
                 log.exception("on_store_result hook failed")
+
+
+def _throttling(exc: BaseException) -> bool:
+    """429 Too Many Requests or 503 Slow Down: the store asks everyone to slow down."""
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+    return status in (429, 503) or "SlowDown" in str(exc)
 
 
 _MISSING = object()

@@ -20,6 +20,7 @@ them back if the worker dies).
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import time
@@ -67,6 +68,7 @@ class StorePipeline(WorkerTask):
 
     def open(self) -> None:
         from conserver.fanout import Fanout  # store clients load in the worker only
+        from conserver.limits import SharedTokenBucket, TenantSlots
         from conserver.metrics import worker_metrics
         from conserver.storage import load_sinks
 
@@ -78,9 +80,17 @@ class StorePipeline(WorkerTask):
         self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
         self.sinks = load_sinks(pool.storages, cfg)
         self.metrics = worker_metrics()
-        self.fanout = Fanout.from_config(self.sinks, cfg, on_store_result=self.metrics.store_result)
+        self.tenants = TenantSlots(self.redis, cfg.default_tenant_concurrency, ttl=cfg.tenant_slot_ttl)
+        buckets = {store: SharedTokenBucket(self.redis, f"store:{store}", rate, burst)
+                   for store, rate, burst in cfg.rate_limits}
+        self.vcon_bucket = SharedTokenBucket(
+            self.redis, "vcons", cfg.rate_limit_max / cfg.rate_limit_duration, cfg.rate_limit_max) \
+            if cfg.rate_limit_max else None
+        self.fanout = Fanout.from_config(self.sinks, cfg, on_store_result=self.metrics.store_result,
+                                         rate_limiters=buckets, should_stop=lambda: self.ctx.stopping)
         self.fanout.start()
         self.fanout.ensure_schemas()  # "at start when missing"; a failure is logged, writes will retry
+        self.held_tenants: dict[str, int] = {}
         self.tick = min(cfg.tick_interval, 1.0)
         self.beat_every = cfg.worker_heartbeat_ttl / 3
         self.next_beat = time.monotonic() + self.beat_every
@@ -126,12 +136,46 @@ class StorePipeline(WorkerTask):
                 valid.append((claim, self.queue.parse(claim)))
             except InvalidVcon as bad:
                 self.dead_letter(claim, bad.reason, bad.detail)
+        valid = self.admit(valid)
         ok, failed = self.store(valid) if valid else (0, 0)
+        if self.held_tenants:
+            self.retry.call(lambda: self.tenants.release_many(self.held_tenants, self.queue.worker_id), "tenant slots")
+            self.held_tenants = {}
         failed += len(claims) - len(valid)
         self.metrics.batch(claims[0].source, ok, failed, time.monotonic() - started)
         for name, breaker in self.fanout.breakers.items():
             self.metrics.breaker_state(name, breaker.state)
         ctx.idle(processed=ok, failed=failed)
+
+    def admit(self, valid: list[tuple[Claim, Vcon]]) -> list[tuple[Claim, Vcon]]:
+        """Rate limit and per-tenant cap: what may go to the stores now. The rest is deferred
+        (never dropped) without using up a retry."""
+        if self.vcon_bucket is not None and valid:
+            if not self.vcon_bucket.acquire(len(valid), timeout=5.0, should_stop=lambda: self.ctx.stopping):
+                for claim, _ in valid:
+                    self.retry.call(lambda c=claim: self.queue.defer(c, "rate limit (RATE_LIMIT_MAX)", count_attempt=False,
+                                                                     delay=1.0), "defer")
+                return []
+        if not self.tenants.limit:
+            return valid
+        wanted = collections.Counter(v.tenant for _, v in valid if v.tenant)
+        if not wanted:
+            return valid
+        granted = self.retry.call(lambda: self.tenants.acquire_many(dict(wanted), self.queue.worker_id), "tenant slots")
+        self.held_tenants = {t: n for t, n in granted.items() if n}
+        room = dict(granted)
+        admitted = []
+        for claim, vcon in valid:
+            tenant = vcon.tenant
+            if tenant and room.get(tenant, 0) <= 0:
+                reason = f"tenant {tenant} has {self.tenants.limit} vCons in flight (DEFAULT_TENANT_CONCURRENCY)"
+                self.retry.call(lambda c=claim, r=reason: self.queue.defer(c, r, count_attempt=False,
+                                                                           delay=random.uniform(0.2, 1.0)), "defer")
+                continue
+            if tenant:
+                room[tenant] -= 1
+            admitted.append((claim, vcon))
+        return admitted
 
     def store(self, valid: list[tuple[Claim, Vcon]]) -> tuple[int, int]:
         """Fan out, then resolve each vCon: ack, defer (retry later) or dead-letter."""

@@ -77,6 +77,7 @@ class ElasticsearchSink(Sink):
         self.index = f"{self.prefix}vcons"
         self.part_indices = config.elasticsearch_part_indices
         self._client: OpenSearch | None = None
+        self._schema_ready = False
 
     # -- lifecycle
 
@@ -147,6 +148,19 @@ class ElasticsearchSink(Sink):
     def write_batch(self, vcons: Sequence["Vcon"]) -> BatchResult:
         if self._client is None:
             raise RuntimeError("ElasticsearchSink used before open()")
+        if not self._schema_ready:
+            # After an outage the server may have come back empty (an in-memory server, a
+            # restored cluster): _bulk would create the index with dynamic mappings that
+            # break on the next vCon, so put ours back first.
+            self.ensure_schema()
+            self._schema_ready = True
+        try:
+            return self._write(vcons)
+        except TransportConnectionError:
+            self._schema_ready = False
+            raise
+
+    def _write(self, vcons: Sequence["Vcon"]) -> BatchResult:
         result: BatchResult = dict.fromkeys((v.uuid for v in vcons), None)
         lines: list[bytes] = []
         owners: list[str] = []  # the uuid of every action, in order
@@ -219,6 +233,11 @@ class ElasticsearchSink(Sink):
                     "template": {"mappings": {"properties": {"vcon_id": _KEYWORD, "tenant_id": _KEYWORD}}},
                 }
                 client.transport.perform_request("PUT", f"/_index_template/{self.prefix}vcon-parts", body=template)
+            # A template too, so an index the server lost (a restart of an in-memory server, a
+            # deleted index) comes back with these mappings when _bulk creates it again.
+            main_template = {"index_patterns": [self.index], "priority": 200 + len(self.prefix),
+                             "template": {"mappings": MAIN_MAPPINGS}}
+            client.transport.perform_request("PUT", f"/_index_template/{self.prefix}vcons-main", body=main_template)
             if not client.transport.perform_request("HEAD", f"/{self.index}"):  # False on 404
                 try:
                     client.transport.perform_request("PUT", f"/{self.index}", body={"mappings": MAIN_MAPPINGS})
