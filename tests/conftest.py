@@ -75,3 +75,37 @@ def stack_env(redis_url: str, pg_server, s3_server, os_server) -> dict[str, str]
     env["POSTGRES_TABLE"] = f"vcons_{tag}"
     env["ELASTICSEARCH_INDEX_PREFIX"] = f"t{tag}_"
     return env
+
+
+def _conserver_pids() -> set[int]:
+    import psutil
+
+    found = set()
+    for p in psutil.process_iter(["pid"]):
+        try:
+            with open(f"/proc/{p.pid}/cmdline", "rb") as fh:
+                if fh.read().startswith(b"conserver: "):
+                    found.add(p.pid)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_processes():
+    """The suite must leave no conserver process behind: fail the run if it does."""
+    import os
+    import signal
+    import time
+
+    before = _conserver_pids()
+    yield
+    deadline = time.monotonic() + 5
+    while (left := _conserver_pids() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"conserver processes left running after the suite: {sorted(left)}"

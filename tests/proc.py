@@ -61,8 +61,9 @@ class Conserver:
         return {p.pid: title(p.pid) for p in self.workers()}
 
     def wait_workers(self, n: int, timeout: float = 15.0, state: str = "") -> list[psutil.Process]:
+        """Wait until exactly n queue workers (not the scheduler or monitor) show ``state``."""
         def ready():
-            ws = [w for w in self.workers() if state in title(w.pid)]
+            ws = [w for w in self.workers() if title(w.pid).startswith("conserver: worker") and state in title(w.pid)]
             return ws if len(ws) == n else None
         return wait_for(ready, timeout, what=f"{n} workers {state}".strip())
 
