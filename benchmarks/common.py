@@ -565,6 +565,8 @@ def update_results(name: str, body: str) -> Path:
 
 
 def section(title: str, info: dict[str, Any], command: str, intro: str, tables: Sequence[str], notes: str = "") -> str:
+    if command.startswith("python "):
+        command = ".venv/bin/" + command
     out = [f"## {title}", "", f"Command: `{command}`", "", machine_line(info), ""]
     if intro:
         out += [intro.strip(), ""]
@@ -590,6 +592,21 @@ def report(name: str, title: str, info: dict[str, Any], command: str, intro: str
     path = write_json(name, data)
     update_results(name, section(title, info, command, intro, tables, notes))
     print(f"\nwrote {path.relative_to(ROOT)} and the '{name}' section of {RESULTS.relative_to(ROOT)}")
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A folder for one run's logs and server data (world-readable: PostgreSQL runs as postgres)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def remove_scratch(path: Path, ok: bool) -> None:
+    """Remove a run's scratch folder when it went well; keep it (and say where) when not."""
+    if ok:
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        print(f"logs kept in {path}")
 
 
 def log(msg: str) -> None:

@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (WORKER_TITLE, Conserver, VconFactory, alive, base_env, descendants, enqueue_vcons,
+from benchmarks.common import (remove_scratch, scratch_dir, WORKER_TITLE, Conserver, VconFactory, alive, base_env, descendants, enqueue_vcons,
                                log, machine_info, md_table, percentile, ratio, redis_client, report, start_redis,
                                title, wait_for, wait_quiet)
 
@@ -205,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     server = start_redis()
     client = redis_client(server)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
+    workdir = scratch_dir("bench-lifecycle-")
+    ok = False
     res: dict[str, dict[str, Any]] = {}
     try:
         for m in methods:
@@ -226,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             r["term_idle"] = term_idle(server, m, args.workers, args.term_reps, workdir)
             r["term_busy"] = term_busy(server, client, m, args.workers, args.term_reps, args.busy_seconds, workdir)
             res[m] = r
+        ok = True
     finally:
         client.close()
         server.close()
+        remove_scratch(workdir, ok)
 
     def ms(x: float) -> str:
         return f"{x * 1000:.1f}"
@@ -270,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
              f"sleeps). Replacement: {args.kills} kills per method, victims in rotation, CONSERVER_MIN_UPTIME=0; "
              "clock from os.kill to a new pid with the same worker number showing `idle` (polled every 0.5 ms). "
              f"Requeue: {args.requeue_trials} kills per method of a worker holding 50 claimed vCons; clock to the 50 "
-             "being back in the list. SIGTERM: to the master; clock to every process of the tree gone "
+             "being back in the list (CONSERVER_MIN_UPTIME=3600 there, so the replacement starts after a >= 80 ms "
+             "backoff and cannot re-claim them first; the requeued 50 are then swapped for 50 fresh vCons, since a "
+             "redelivered batch is taken one vCon at a time). SIGTERM: to the master; clock to every process of the tree gone "
              f"({args.term_reps} runs each; busy: every worker inside a {args.busy_seconds:g} s write_batch, 200 more "
              "vCons queued, which must stay queued). Ratios to the targets and to fork in this run.")
     idle_rows = [[m, *(f"{r['cpu_idle_before_pct'].get(k, float('nan')):.0f}%" for k in ("replacement", "requeue", "sigterm"))]

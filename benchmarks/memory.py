@@ -16,12 +16,11 @@ per fork worker, the seed's quoted 200 MB per worker, and fork in the same run.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (WORKER_TITLE, Conserver, VconFactory, base_env, enqueue_vcons, log, machine_info,
+from benchmarks.common import (remove_scratch, scratch_dir, WORKER_TITLE, Conserver, VconFactory, base_env, enqueue_vcons, log, machine_info,
                                md_table, ratio, redis_client, report, slope, start_redis, title, watch_drain)
 
 METHODS = ("fork", "forkserver", "spawn")
@@ -90,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     server = start_redis()
     client = redis_client(server)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    workdir.chmod(0o755)  # PostgreSQL runs as the postgres user when we are root
+    workdir = scratch_dir("bench-memory-")
+    ok = False
     factory = VconFactory(seed=5, pool=500)
     results: dict[str, dict[str, dict[int, Any]]] = {}
     notes = []
@@ -128,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             if stack is not None:
                 stack.stop()
                 stack = None
+        ok = True
     finally:
         if stack is not None:
             stack.stop()
         client.close()
         server.close()
+        remove_scratch(workdir, ok)
 
     def mb(x: float) -> str:
         return f"{x:.1f}"

@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.common import (PYTHON, ROOT, Conserver, Group, VconFactory, base_env, enqueue_vcons, log,
+from benchmarks.common import (remove_scratch, scratch_dir, PYTHON, ROOT, Conserver, Group, VconFactory, base_env, enqueue_vcons, log,
                                machine_info, md_table, ratio, redis_client, report, start_redis, wait_for,
                                wait_quiet, watch_drain)
 from benchmarks.peers import COUNTER
@@ -306,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     server = start_redis()
     os.environ["BENCH_REDIS_URL"] = server.url  # the peers' app modules read it at import
     client = redis_client(server)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-queue-"))
+    workdir = scratch_dir("bench-queue-")
+    ok = False
     ctx = Ctx(server, client, args.jobs, workdir, args)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     idle_before: dict[str, list[float]] = {n: [] for n in names}
@@ -334,9 +334,11 @@ def main(argv: list[str] | None = None) -> int:
                 if "error" not in res:
                     log(f"{name}: {res['rate']:,.0f} jobs/s over {res['seconds']:.2f}s "
                         f"(count {res['count']}, verified {res['verified']})")
+        ok = all(r.get("verified") for rs in runs.values() for r in rs)
     finally:
         client.close()
         server.close()
+        remove_scratch(workdir, ok)
 
     results: dict[str, dict[str, Any]] = {}
     for name, rs in runs.items():

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (Conserver, VconFactory, base_env, enqueue_vcons, log, machine_info, md_table, ratio,
+from benchmarks.common import (remove_scratch, scratch_dir, Conserver, VconFactory, base_env, enqueue_vcons, log, machine_info, md_table, ratio,
                                redis_client, report, start_redis, wait_quiet, watch_drain)
 
 
@@ -86,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     server = start_redis()
     client = redis_client(server)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
+    workdir = scratch_dir("bench-scaling-")
+    ok = False
     factory = VconFactory(seed=3)
     points: list[dict[str, Any]] = []
     count = args.vcons
@@ -107,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                     break
             best = max(tries or [r], key=lambda t: t["rate"])
             points.append({**best, "all_rates": [t["rate"] for t in tries]})
+        ok = True
     finally:
         client.close()
         server.close()
+        remove_scratch(workdir, ok)
     base = points[0]["rate"] if points and points[0]["workers"] == 1 else None
     rows = []
     for r in points:

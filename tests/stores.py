@@ -105,6 +105,15 @@ class StoreReader:
         return {"postgres": [r[0] for r in self.pg_rows()], "s3": s3, "elasticsearch": self.es_ids()}
 
 
+def postgres_ids(cfg: Config) -> list[str]:
+    """Every id in the PostgreSQL table (duplicates would show twice; the key forbids them)."""
+    reader = StoreReader(cfg, ("postgres",))
+    try:
+        return sorted(r[0] for r in reader.pg_rows())
+    finally:
+        reader.close()
+
+
 def wait_all_stored(reader: StoreReader, uuids: set[str], timeout: float) -> dict[str, list[str]]:
     def complete():
         c = reader.census()

@@ -10,7 +10,7 @@ import pytest
 
 from conserver.devstack import OpenSearchServer
 from tests.proc import Conserver, title, wait_for
-from tests.stores import StoreReader, enqueue_samples, queue_for, wait_all_stored, wait_drained
+from tests.stores import StoreReader, enqueue_samples, postgres_ids, queue_for, wait_all_stored, wait_drained
 
 FAST_RETRIES = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": "1s", "SCHEDULER_INTERVAL": "200ms",
                 "CONSERVER_STORE_RETRIES": "1", "CONSERVER_STORE_TIMEOUT": "2s", "CIRCUIT_BREAKER_THRESHOLD": "3", "CIRCUIT_BREAKER_TIMEOUT": "1s"}
@@ -158,11 +158,7 @@ def test_kill9_of_a_busy_worker_loses_nothing(run, stack_env):
     c.wait_log(f"claimed by pid {victim.pid}", timeout=5)
     assert time.monotonic() - killed < 1.5  # back in the list within a second or so of the death
     wait_drained(queue, 90)
-    reader = StoreReader(cfg, ("postgres",))
-    try:
-        assert sorted(r[0] for r in reader.pg_rows()) == sorted(v["uuid"] for v in vcons)
-    finally:
-        reader.close()
+    assert postgres_ids(cfg) == sorted(v["uuid"] for v in vcons)
 
 
 def test_whole_instance_killed_is_recovered_after_heartbeat_expiry(run, stack_env):
@@ -182,11 +178,7 @@ def test_whole_instance_killed_is_recovered_after_heartbeat_expiry(run, stack_en
     b = run({**env, "CONSERVER_STORE_FAULTY_MODE": "ok"}, workers=1)
     b.wait_log("heartbeat expired", timeout=30)
     wait_drained(queue, 60)
-    reader = StoreReader(cfg, ("postgres",))
-    try:
-        assert sorted(r[0] for r in reader.pg_rows()) == sorted(v["uuid"] for v in vcons)
-    finally:
-        reader.close()
+    assert postgres_ids(cfg) == sorted(v["uuid"] for v in vcons)
 
 
 def test_poison_vcon_is_dead_lettered_after_the_delivery_limit(run, stack_env):
@@ -199,11 +191,7 @@ def test_poison_vcon_is_dead_lettered_after_the_delivery_limit(run, stack_env):
     wait_drained(queue, 60)
     dead = queue.dlq_list()
     assert [(d["uuid"], d["reason"]) for d in dead] == [(poison, "poison")]
-    reader = StoreReader(cfg, ("postgres",))
-    try:
-        stored = {r[0] for r in reader.pg_rows()}
-    finally:
-        reader.close()
+    stored = set(postgres_ids(cfg))
     assert stored >= {v["uuid"] for v in vcons} - {poison}  # its neighbours all made it
     assert c.log().count("was killed by SIGKILL") >= 3
     assert c.proc.poll() is None

@@ -209,3 +209,11 @@ def test_store_rate_limit_is_shared_by_all_workers(run, redis_url, tmp_path):
     print(f"310 vCons through a 50/s shared limit in {took:.2f}s (ideal 6.0s)")
     assert 5.0 <= took <= 9.0
     assert sum(len(call["uuids"]) for call in _calls(calls)) == 310
+
+
+def test_recycling_by_age(run, redis_url):
+    env = {"REDIS_URL": redis_url, "CONSERVER_STORAGES": "null", "CONSERVER_WORKERS": "2", "CONSERVER_MAX_WORKER_AGE": "2s"}
+    c = run(env)
+    first = {w.pid for w in c.wait_workers(2, state="idle")}
+    wait_for(lambda: not first & {w.pid for w in c.wait_workers(2, state="idle")}, 20, what="both workers recycled")
+    assert c.log().count("asking to be recycled: age") >= 2

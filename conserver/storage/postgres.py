@@ -107,7 +107,10 @@ class PostgresSink(Sink):
     def _connection(self):
         if self._pool is None:
             raise RuntimeError("PostgresSink used before open()")
-        return self._pool.connection(timeout=self.config.store_timeout)
+        # One fan-out thread uses this pool, so a healthy pool always has a connection at
+        # hand; a long wait only means the server is gone. Fail fast then, so the retry and
+        # circuit breaker see the outage in seconds, not after CONSERVER_STORE_TIMEOUT.
+        return self._pool.connection(timeout=min(self.config.store_timeout, 2.0))
 
     # -- writing
 
