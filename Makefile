@@ -10,7 +10,7 @@ $(STAMP): setup.cfg pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,test,bench]'
+	$(PY) -m pip install -q -e '.[dev,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,8 +24,10 @@ run: setup
 test: setup
 	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
+# The peers (RQ, Celery, Dramatiq, Huey) and matplotlib are only for the benchmarks.
 bench: setup
-	$(PY) -m benchmarks
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m benchmarks all
 
 clean:
 	rm -rf $(VENV) .state build *.egg-info

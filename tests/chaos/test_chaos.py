@@ -21,7 +21,7 @@ from tests.stores import StoreReader, enqueue_samples, queue_for, wait_drained
 STORES = ("postgres", "s3", "elasticsearch")
 RESILIENT = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": "2s", "SCHEDULER_INTERVAL": "200ms",
              "CONSERVER_STORE_RETRIES": "1", "CONSERVER_STORE_TIMEOUT": "2s", "CIRCUIT_BREAKER_THRESHOLD": "3",
-             "CIRCUIT_BREAKER_TIMEOUT": "2s", "MAX_RETRIES": "1000", "CONSERVER_MIN_UPTIME": "0",
+             "CIRCUIT_BREAKER_TIMEOUT": "2s", "MAX_RETRIES": "100", "CONSERVER_MIN_UPTIME": "0",
              "CONSERVER_CRASH_LIMIT": "10000", "CONSERVER_GRACEFUL_TIMEOUT": "10", "CONSERVER_ENABLE_SCHEDULER": "true"}
 
 
