@@ -92,6 +92,8 @@ class DelayProxy:
             down = asyncio.ensure_future(self._pipe_down(s_reader, c_writer, state))
             try:
                 await asyncio.gather(up, down)  # each direction ends on its own EOF (half-close)
+            except asyncio.CancelledError:
+                pass  # the proxy is closing
             finally:
                 for t in (up, down):
                     t.cancel()

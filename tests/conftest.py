@@ -7,6 +7,7 @@ start only when a test first asks for them, so Redis-only tests stay fast.
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -77,14 +78,24 @@ def stack_env(redis_url: str, pg_server, s3_server, os_server) -> dict[str, str]
     return env
 
 
+# Every process this session starts inherits this marker, so the leak check below looks
+# only at our own processes, never at another test run's on the same machine.
+os.environ["CONSERVER_TEST_SESSION"] = str(os.getpid())
+
+
 def _conserver_pids() -> set[int]:
+    """Our conserver processes (title ``conserver: ...`` and this session's marker)."""
     import psutil
 
+    marker = f"CONSERVER_TEST_SESSION={os.environ['CONSERVER_TEST_SESSION']}".encode()
     found = set()
     for p in psutil.process_iter(["pid"]):
         try:
             with open(f"/proc/{p.pid}/cmdline", "rb") as fh:
-                if fh.read().startswith(b"conserver: "):
+                if not fh.read().startswith(b"conserver: "):
+                    continue
+            with open(f"/proc/{p.pid}/environ", "rb") as fh:
+                if marker in fh.read().split(b"\0"):
                     found.add(p.pid)
         except OSError:
             pass
@@ -94,14 +105,12 @@ def _conserver_pids() -> set[int]:
 @pytest.fixture(scope="session", autouse=True)
 def no_stray_processes():
     """The suite must leave no conserver process behind: fail the run if it does."""
-    import os
     import signal
     import time
 
-    before = _conserver_pids()
     yield
     deadline = time.monotonic() + 5
-    while (left := _conserver_pids() - before) and time.monotonic() < deadline:
+    while (left := _conserver_pids()) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in left:
         try:

@@ -349,3 +349,44 @@ def test_parse_rate_per_duration():
     for args in ((-1, 1000), (1, 0), (1, -5), (1.5, 1000), (True, 1000), (1, "1000")):
         with pytest.raises(ValueError):
             parse_rate_per_duration(*args)
+
+
+def test_a_store_answering_429_slows_every_worker_down(redis_url):
+    """The fan-out gives the store's shared bucket a throttle on 429, through real Redis."""
+    import random as _random
+
+    import redis as _redis
+
+    from conserver.config import config_from_mapping
+    from conserver.fanout import Fanout, Status
+    from conserver.storage import StoreError
+    from conserver.vcon import parse_vcon, sample_vcon
+    from conserver.limits import SharedTokenBucket
+    from tests.faulty_store import FaultyStore
+
+    class Throttling(FaultyStore):
+        def write_batch(self, vcons):
+            return {v.uuid: StoreError("429 Too Many Requests", transient=True, status=429) for v in vcons}
+
+    cfg = config_from_mapping({"REDIS_URL": redis_url})
+    client = _redis.Redis.from_url(redis_url)
+    bucket = SharedTokenBucket(client, "store:throttling", rate=100, burst=100)
+    sink = Throttling(cfg)
+    sink.name = "throttling"
+    fanout = Fanout([sink], parallel=False, retries=0, rate_limiters={"throttling": bucket}).start()
+    try:
+        raw = orjson_dumps(sample_vcon(_random.Random(1)))
+        vcon = parse_vcon(raw, None, 1 << 20)
+        out = fanout.store_batch([vcon], {})
+        assert out[vcon.uuid]["throttling"].status is Status.TRANSIENT
+        # every worker sharing this bucket (another client, as another process would) sees half the rate
+        other = SharedTokenBucket(_redis.Redis.from_url(redis_url), "store:throttling", rate=100, burst=100)
+        assert other.state()["rate"] == pytest.approx(50, rel=0.01)
+    finally:
+        fanout.close()
+
+
+def orjson_dumps(doc):
+    import orjson
+
+    return orjson.dumps(doc)

@@ -217,3 +217,12 @@ def test_recycling_by_age(run, redis_url):
     first = {w.pid for w in c.wait_workers(2, state="idle")}
     wait_for(lambda: not first & {w.pid for w in c.wait_workers(2, state="idle")}, 20, what="both workers recycled")
     assert c.log().count("asking to be recycled: age") >= 2
+
+
+def test_recycling_by_rss(run, redis_url):
+    env = {"REDIS_URL": redis_url, "CONSERVER_STORAGES": "null", "CONSERVER_WORKERS": "1", "CONSERVER_MAX_WORKER_RSS_MB": "1"}
+    c = run(env)
+    first = c.wait_workers(1, state="idle")[0].pid
+    log = c.wait_log("asking to be recycled: rss", timeout=15)
+    assert "CONSERVER_MAX_WORKER_RSS_MB" in log
+    wait_for(lambda: first not in {w.pid for w in c.workers()}, 15, what="the worker replaced")
