@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
@@ -92,8 +93,20 @@ class StorePipeline(WorkerTask):
         self.fanout.ensure_schemas()  # "at start when missing"; a failure is logged, writes will retry
         self.held_tenants: dict[str, int] = {}
         self.tick = min(cfg.tick_interval, 1.0)
-        self.beat_every = cfg.worker_heartbeat_ttl / 3
-        self.next_beat = time.monotonic() + self.beat_every
+        # The Redis heartbeat says "this process is alive", so it beats from a thread of its
+        # own: a batch slowed by a store outage must not look like a dead worker to the
+        # orphan sweep. A worker stuck for good is the supervisor's JOB_TIMEOUT business.
+        self.beating = threading.Event()
+        self.beater = threading.Thread(target=self._beat_loop, args=(cfg.worker_heartbeat_ttl / 3,),
+                                       name="heartbeat", daemon=True)
+        self.beater.start()
+
+    def _beat_loop(self, every: float) -> None:
+        while not self.beating.wait(every):
+            try:
+                self.queue.beat(self._beat_info())
+            except REDIS_DOWN as exc:
+                log.warning("redis unavailable for the heartbeat (%s)", exc)
 
     def _beat_info(self) -> dict[str, Any]:
         return {"pool": self.ctx.pool.name, "number": self.ctx.number, "processed": self.ctx.processed,
@@ -101,10 +114,6 @@ class StorePipeline(WorkerTask):
                 "current": self.ctx.slot.current.decode(errors="replace")}
 
     def run_once(self) -> None:
-        now = time.monotonic()
-        if now >= self.next_beat:
-            self.next_beat = now + self.beat_every
-            self.retry.call(lambda: self.queue.beat(self._beat_info()), "heartbeat", give_up_on_stop=True)
         try:
             claims = self.queue.claim_batch(self.tick)
         except REDIS_DOWN as exc:
@@ -223,6 +232,9 @@ class StorePipeline(WorkerTask):
             pass  # only for the status page
 
     def close(self) -> None:
+        if getattr(self, "beater", None) is not None:
+            self.beating.set()
+            self.beater.join(5)
         fanout = getattr(self, "fanout", None)
         if fanout is not None:
             fanout.close()
