@@ -10,6 +10,7 @@ BENCHMARKS = {
     "lifecycle": "benchmarks.lifecycle",
     "memory": "benchmarks.memory",
     "scaling": "benchmarks.scaling",
+    "fanout": "benchmarks.fanout",  # end-to-end with real stores (benchmarks/fanout.py)
     "plot": "benchmarks.plot",
 }
 USAGE = "usage: python -m benchmarks {" + ",".join([*BENCHMARKS, "all"]) + "} [options]   (NAME --help for options)"

@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks.common import BENCH_DIR, log, read_json, update_results
 
 RATE_KEYS = ("vcons_per_s", "vcons_s", "rate", "throughput", "per_s", "vcons/s", "jobs_per_s")
-LABEL_KEYS = ("label", "config", "stores", "name", "mode", "case", "store")
+LABEL_KEYS = ("label", "system", "config", "stores", "name", "mode", "case", "store", "client")
 
 
 def _plt():
@@ -91,28 +91,55 @@ def _rows(data: Any) -> list[dict]:
     return []
 
 
-def plot_fanout(plt) -> str | None:
-    data = read_json("fanout")
-    rows = _rows(data)
-    if not rows:
-        return None
+def _bars(ax, rows: list[dict], title: str) -> bool:
     label_key = next((k for k in LABEL_KEYS if any(isinstance(r.get(k), str) for r in rows)), None)
     rate_key = next((k for k in RATE_KEYS if any(isinstance(r.get(k), (int, float)) for r in rows)), None)
     if rate_key is None:
-        rate_key = next((k for k in rows[0] if isinstance(rows[0][k], (int, float)) and "s" in k.lower()), None)
-    if rate_key is None:
-        log("fanout.json has no rate field to plot; skipped")
-        return None
-    labels = [str(r.get(label_key, i)) if label_key else str(i) for i, r in enumerate(rows)]
+        return False
+    labels = []
+    for i, r in enumerate(rows):
+        label = str(r.get(label_key, i)) if label_key else str(i)
+        if isinstance(r.get("operation"), str):
+            label += f" ({r['operation']})"
+        labels.append(label)
     values = [float(r.get(rate_key) or 0) for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.8))
-    ax.barh(labels, values, color="tab:blue")
+    ax.barh(labels, values, color=["tab:orange" if "conserver" in x else "tab:blue" for x in labels])
     ax.invert_yaxis()
-    ax.set_xlabel(rate_key)
-    ax.set_title("Fan-out")
+    ax.set_xlabel(f"{rate_key} (per second)")
+    ax.set_title(title)
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
+    return True
+
+
+def plot_fanout(plt) -> str | None:
+    """Either a list of rows (rows/results/points/cases), or benchmarks/fanout.py's layout:
+    ``baseline`` and ``conserver`` results plus the ``bare_clients`` store-client figures."""
+    data = read_json("fanout")
+    if not data:
+        return None
+    panels: list[tuple[list[dict], str]] = []
+    rows = _rows(data)
+    if rows:
+        panels.append((rows, "Fan-out"))
+    elif isinstance(data, dict):
+        ends = [data[k] for k in ("baseline", "conserver") if isinstance(data.get(k), dict)]
+        if ends:
+            panels.append((ends, "End-to-end fan-out, vCons/s"))
+        bare = [r for r in data.get("bare_clients") or [] if isinstance(r, dict)]
+        if bare:
+            panels.append((bare, "Store clients alone"))
+    if not panels:
+        log("fanout.json has nothing to plot; skipped")
+        return None
+    height = max(len(r) for r, _ in panels) * 0.5 + 1.8
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), height), squeeze=False)
+    drawn = [_bars(ax, r, t) for ax, (r, t) in zip(axes[0], panels)]
+    if not any(drawn):
+        plt.close(fig)
+        log("fanout.json has no rate field to plot; skipped")
+        return None
     _footer(fig, data if isinstance(data, dict) else {})
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     path = BENCH_DIR / "fanout.png"
@@ -221,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote benchmarks/{m}")
     if skipped:
         log(f"no data for: {', '.join(skipped)} (run those benchmarks first)")
-    body = "## Charts\n\nCommand: `python -m benchmarks plot` (from benchmarks/out/*.json)\n\n"
+    body = "## Charts\n\nCommand: `.venv/bin/python -m benchmarks plot` (from benchmarks/out/*.json)\n\n"
     body += "\n".join(f"![{m}]({m})" for m in made) + "\n"
     if skipped:
         body += f"\nNot drawn (no results yet): {', '.join(skipped)}.\n"

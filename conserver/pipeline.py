@@ -92,7 +92,12 @@ class StorePipeline(WorkerTask):
         self.fanout.start()
         self.fanout.ensure_schemas()  # "at start when missing"; a failure is logged, writes will retry
         self.held_tenants: dict[str, int] = {}
-        self.tick = min(cfg.tick_interval, 1.0)
+        # At most half a second per blocking wait, so an idle worker sees a drain at once.
+        self.tick = min(cfg.tick_interval, 0.5)
+        # From which delivery a batch is taken apart: the third (one redelivery after a
+        # crash is common and cheap), earlier if the poison limit is lower than that.
+        self.isolate_from = min(3, cfg.max_deliveries)
+        self.isolating = False
         # The Redis heartbeat says "this process is alive", so it beats from a thread of its
         # own: a batch slowed by a store outage must not look like a dead worker to the
         # orphan sweep. A worker stuck for good is the supervisor's JOB_TIMEOUT business.
@@ -115,21 +120,24 @@ class StorePipeline(WorkerTask):
 
     def run_once(self) -> None:
         try:
-            claims = self.queue.claim_batch(self.tick)
+            # One at a time while isolating a suspect redelivery (see below), else a batch.
+            claims = self.queue.claim_batch(self.tick, max_items=1 if self.isolating else None)
         except REDIS_DOWN as exc:
             log.warning("redis unavailable while claiming (%s); backing off", exc)
             time.sleep(min(1.0, self.tick) * random.uniform(0.5, 1.0))
             return
         if not claims:
+            self.isolating = False
             return
         if self.ctx.stopping:  # the drain began while we were claiming: these never started
             n = self.retry.call(lambda: self.queue.requeue_unstarted(claims), "hand back")
             log.info("draining: handed back %s unstarted vCons", n)
             return
-        if claims[0].deliveries > 1 and len(claims) > 1:
-            # A redelivered batch: the worker that held it died, perhaps because of one of
-            # these vCons. Take them one at a time (handing the rest back uncounted), so a
-            # poison vCon raises only its own delivery count, not its neighbours'.
+        # A batch delivered again and again: a worker holding it died each time, perhaps
+        # because of one of these vCons. Take them one at a time (the rest go back
+        # uncounted), so a poison vCon raises only its own delivery count.
+        self.isolating = claims[0].deliveries >= self.isolate_from
+        if self.isolating and len(claims) > 1:
             rest = claims[1:]
             self.retry.call(lambda: self.queue.requeue_unstarted(rest), "hand back")
             claims = claims[:1]
