@@ -135,7 +135,8 @@ def thread_names(pid: int) -> dict[int, str]:
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """tid -> (comm, user + system seconds) of every thread of pid."""
+    """tid -> (comm, seconds on a CPU) of every thread of pid: /proc/PID/task/TID/schedstat (nanoseconds;
+    the tick-sampled utime + stime of single threads add up to 10-15% less than the process's)."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     try:
@@ -149,13 +150,20 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
         except OSError:
             continue
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[int(tid)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                secs = int(fh.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            fields = stat[stat.rindex(")") + 2:].split()
+            secs = (int(fields[11]) + int(fields[12])) / tick
+        out[int(tid)] = (comm, secs)
     return out
 
 
 def thread_group(name: str) -> str:
     """s3-put_3 -> s3-put, fanout-postgres_0 -> fanout-postgres, tokio-runtime-w stays."""
+    if re.match(r"^conserver-.+-(worker-\d+|scheduler)$", name):  # psycopg_pool's threads, named after the pool
+        return "psycopg_pool"
     return re.sub(r"[_-]?\d+$", "", name) or name
 
 
@@ -436,7 +444,6 @@ def run_conserver(stack, env: dict[str, str], client, items, workers: int, workd
     prof = None
     try:
         ws = list(c.wait_workers(workers, "idle", timeout=120))
-        names_by_pid = {pid: thread_names(pid) for pid in ws}
         idle = wait_quiet(50, 15)
         watch = CpuWatch(lambda: {"workers": ws, "master": [c.pid], **server_pids(stack)})
         threads0 = {pid: thread_cpu(pid) for pid in ws}
@@ -450,6 +457,7 @@ def run_conserver(stack, env: dict[str, str], client, items, workers: int, workd
         cpu = watch.stop()
         threads1 = {pid: thread_cpu(pid) for pid in ws}
         busy = busy_pct(m0, machine_busy())
+        names_by_pid = {pid: thread_names(pid) for pid in ws}  # after: pools start their threads lazily
         from conserver.queue import WorkQueue
 
         depths = WorkQueue(client, ["default"], worker_id="bench-check").depths()
@@ -770,15 +778,18 @@ def build_tables(rounds: dict[str, list[dict]], bare: list[dict], lat: dict | No
               "fanout-postgres": "fan-out thread postgres: executemany, commit",
               "fanout-s3": "fan-out thread s3: submits the PUTs, waits",
               "fanout-elasticsearch": "fan-out thread elasticsearch: documents, orjson, _bulk",
-              "s3-put": "8 S3 threads: obstore.put (Python side, signing, HTTP in the calling thread)",
-              "tokio-runtime-w": "obstore's tokio runtime threads (Rust I/O)"}
+              "s3-put": "8 S3 threads: obstore.put (the call, GIL, waiting on tokio)",
+              "tokio-rt-worker": "obstore's tokio runtime threads (Rust I/O)",
+              "psycopg_pool": "psycopg_pool's maintenance threads",
+              "heartbeat": "worker heartbeat"}
     for g in groups_t:
         vals = [1000 * r["worker_threads_s"].get(g, 0.0) / r["vcons"] for r in th_sys]
         if max(vals) < 0.005:
             continue
         rows.append([g, labels.get(g, ""), *(f"{v:.3f}" for v in vals)])
     rows.append(["all threads", "", *(f"{1000 * sum(r['worker_threads_s'].values()) / r['vcons']:.3f}" for r in th_sys)])
-    tables.append("Where a conserver worker's CPU goes (ms per vCon, per thread group, both workers summed):\n\n" +
+    tables.append("Where a conserver worker's CPU goes (ms per vCon per thread group, both workers summed; "
+                  "/proc/PID/task/TID/schedstat):\n\n" +
                   md_table(["thread", "what it does", *(r["system"] for r in th_sys)], rows))
 
     rows = []
