@@ -46,15 +46,13 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -307,7 +305,7 @@ def bare_clients(env: dict[str, str], items: list[tuple[str, bytes]], n_boto3: i
     store = S3Store(bucket, endpoint=env["S3_ENDPOINT_URL"], access_key_id=env["AWS_ACCESS_KEY_ID"],
                     secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region=env.get("AWS_REGION", "us-east-1"),
                     client_options={"allow_http": True, "pool_max_idle_per_host": "8"}, retry_config={"max_retries": 0,
-                    "retry_timeout": __import__("datetime").timedelta(seconds=10)})
+                    "retry_timeout": timedelta(seconds=10)})
     obstore.put(store, "warm", b"x")
     attrs = {"Content-Type": "application/json"}
 
@@ -673,6 +671,14 @@ def fmt_ms(s: float | None) -> str:
     return "n/a" if s is None or (isinstance(s, float) and math.isnan(s)) else f"{1000 * s:.0f}"
 
 
+def others_pct(r: dict) -> float:
+    """Percent of the machine's CPU used by processes other than the system and the servers measured
+    (this harness included) over the timed window: what disturbed the round."""
+    cores = os.cpu_count() or 1
+    ours = 100.0 * sum(r["cpu_s"].values()) / r["seconds"] / cores
+    return max(0.0, r["machine_busy_pct"] - ours)
+
+
 def best(runs: list[dict]) -> dict:
     return max(runs, key=lambda r: r["rate"] if r["verified"] else -1)
 
@@ -697,11 +703,13 @@ def build_tables(rounds: dict[str, list[dict]], bare: list[dict], lat: dict | No
         all_rates = ", ".join(f"{x['rate']:,.0f}" for x in rounds[key])
         rows.append([r["system"], setups[key], f"{r['vcons']:,}", f"{r['seconds']:.2f}", f"{r['rate']:,.0f}",
                      all_rates, ratio(r["rate"], b_rate), f"{r['worker_cpu_ms_per_vcon']:.2f}",
-                     ratio(r["worker_cpu_ms_per_vcon"], b_cpu), f"{r['machine_busy_pct']:.0f}",
+                     ratio(r["worker_cpu_ms_per_vcon"], b_cpu),
+                     f"{r['machine_busy_pct']:.0f} / {others_pct(r):.0f}",
                      f"{c['postgres_rows']:,} / {c['s3_objects']:,} / {c['elasticsearch_docs']:,}",
                      "yes" if all(x["verified"] for x in rounds[key]) else "NO"])
     tables.append(md_table(["system", "setup", "vCons", "seconds", "vCons/s (best round)", "all rounds",
-                            "vs baseline", "worker CPU ms/vCon", "CPU vs baseline", "machine CPU busy %",
+                            "vs baseline", "worker CPU ms/vCon", "CPU vs baseline",
+                            "machine CPU busy % / of it others'",
                             "rows / objects / docs", "all stored, every round"], rows))
 
     figures: dict[str, float] = {}
@@ -747,7 +755,8 @@ def build_tables(rounds: dict[str, list[dict]], bare: list[dict], lat: dict | No
             rows.append([f"batch {batch}: parallel per-vCon latency / largest injected delay "
                          f"({fmt_ms(max(DELAYS.values()))} ms)", f"{inj:.2f}x", f"<= {TARGET_PARALLEL}x (issue text)",
                          "met" if inj <= TARGET_PARALLEL else "NOT met"])
-            rows.append([f"batch {batch}: parallel / sequential", f"{par['vcon_latency_s'] / seq['vcon_latency_s']:.2f}x",
+            rows.append([f"batch {batch}: parallel / sequential",
+                         f"{par['vcon_latency_s'] / seq['vcon_latency_s']:.2f}x",
                          "", ""])
     tables.append(md_table(["figure", "value", "target", "status"], rows))
 
@@ -787,7 +796,8 @@ def build_tables(rounds: dict[str, list[dict]], bare: list[dict], lat: dict | No
         if max(vals) < 0.005:
             continue
         rows.append([g, labels.get(g, ""), *(f"{v:.3f}" for v in vals)])
-    rows.append(["all threads", "", *(f"{1000 * sum(r['worker_threads_s'].values()) / r['vcons']:.3f}" for r in th_sys)])
+    rows.append(["all threads", "",
+                 *(f"{1000 * sum(r['worker_threads_s'].values()) / r['vcons']:.3f}" for r in th_sys)])
     tables.append("Where a conserver worker's CPU goes (ms per vCon per thread group, both workers summed; "
                   "/proc/PID/task/TID/schedstat):\n\n" +
                   md_table(["thread", "what it does", *(r["system"] for r in th_sys)], rows))
@@ -795,7 +805,8 @@ def build_tables(rounds: dict[str, list[dict]], bare: list[dict], lat: dict | No
     rows = []
     for b in bare:
         rows.append([b["client"], b["setup"], f"{b['n']:,}", f"{b['seconds']:.2f}",
-                     f"{b['rate']:,.0f} {b['operation']}/s", ratio(b["rate"], b_rate), f"{b['client_cpu_ms_per_op']:.3f}"])
+                     f"{b['rate']:,.0f} {b['operation']}/s", ratio(b["rate"], b_rate),
+                     f"{b['client_cpu_ms_per_op']:.3f}"])
     if rows:
         tables.append("Each store's bare client, same servers, same run (no Redis, no fan-out; rate against the "
                       "baseline's vCons/s):\n\n" +
@@ -893,7 +904,8 @@ def main(argv: list[str] | None = None) -> int:
                     profile = r.pop("profile", None) or profile
                 rounds[key].append(r)
                 log(f"  {r['rate']:,.0f} vCons/s, worker CPU {r['worker_cpu_ms_per_vcon']:.2f} ms/vCon, machine "
-                    f"{r['machine_busy_pct']:.0f}% busy, stores {r['counts']}{'' if r['verified'] else ' NOT VERIFIED'}")
+                    f"{r['machine_busy_pct']:.0f}% busy ({others_pct(r):.0f}% others), stores {r['counts']}"
+                    f"{'' if r['verified'] else ' NOT VERIFIED'}")
         lat = None
         if not args.skip_latency:
             lat = run_latency(stack, env, client, factory, workdir, args.latency_batch, args.latency_batches,

@@ -497,6 +497,7 @@ class S3Server(Server):
     access_key = "conserver"
     secret_key = "conserver-secret"
     region = "us-east-1"
+    PROBE_BUCKET = "conserver-probe"  # ping() writes and reads an object here
     # weed reads AWS_*, S3_BUCKET and WEED_* settings from its environment; keep the caller's out.
     env_drop_prefixes = ("AWS_", "S3_", "WEED_")
     # weed's plugin worker dials the admin gRPC port at admin port + 10000 whatever -admin.port.grpc says.
@@ -568,9 +569,15 @@ class S3Server(Server):
 
         if self._probe is None:
             self._probe = self.client()
+        # A full write and read: right after a (re)start the S3 gateway answers before the
+        # volume server has registered its volumes, and reads of older objects then fail.
         try:
-            self._probe.list_buckets()
-            return True
+            try:
+                self._probe.head_bucket(Bucket=self.PROBE_BUCKET)
+            except ClientError:
+                self._probe.create_bucket(Bucket=self.PROBE_BUCKET)
+            self._probe.put_object(Bucket=self.PROBE_BUCKET, Key="probe", Body=b"ok")
+            return self._probe.get_object(Bucket=self.PROBE_BUCKET, Key="probe")["Body"].read() == b"ok"
         except (BotoCoreError, ClientError):
             return False
 
