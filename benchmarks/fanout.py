@@ -19,8 +19,14 @@ PostgreSQL, SeaweedFS for S3, osmem for the OpenSearch API); never the machine's
      pool per vCon, one upsert + one PUT + one index() call.
    - conserver: ``python -m conserver run``, CONSERVER_WORKERS=2, all three stores, batch
      50 (S3_LOOKUP_OBJECTS on, its default: two PUTs per vCon against the baseline's one).
-   Both write the same table layout, object keys and index mappings, under separate names.
-   Afterwards every store is counted: each must hold every vCon.
+   - conserver with S3_LOOKUP_OBJECTS=false: one PUT per vCon, the baseline's S3 work.
+   Both write the same table layout, object keys and index mappings, under names of their own
+   per round. Afterwards every store is counted: each must hold every vCon. --rounds rounds
+   in rotating order; the best verified round of each system counts, and each round says how
+   much of the machine other processes took meanwhile (the machine may be shared). A
+   conserver worker's CPU is also split by thread (/proc/PID/task/TID/schedstat, thread
+   names from ``py-spy dump``): main loop, each store's fan-out thread, the S3 PUT threads,
+   obstore's tokio threads.
 2. Bare clients, in the same run: PostgreSQL executemany of 50-row upserts (one transaction
    each), S3 PUTs of 1.5 KB with boto3 and with obstore (8 threads each), ``_bulk`` of 50
    documents. Client CPU per operation is this process's CPU time.
@@ -859,7 +865,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-bare", action="store_true")
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="py-spy one conserver worker for this long in the first round (perturbs that round)")
-    p.add_argument("--state-dir", default="", help="servers' state (default: a fresh folder under /tmp)")
+    p.add_argument("--state-dir", default="",
+                   help="servers' state and logs, kept (default: a fresh folder under /tmp, removed after a run "
+                        "that finished)")
     p.add_argument("--no-results", action="store_true", help="print only; no out/fanout.json, no RESULTS.md")
     args = p.parse_args(argv)
 
@@ -875,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = DevStack(state).start()
     rounds: dict[str, list[dict]] = {"baseline": [], "conserver": [], "conserver_one_put": []}
     profile = None
+    finished = False
     try:
         env = stack.env()
         import redis
@@ -910,8 +919,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_latency:
             lat = run_latency(stack, env, client, factory, workdir, args.latency_batch, args.latency_batches,
                               args.latency_big_batches, args.latency_baseline_vcons)
+        finished = True
     finally:
         stack.stop()
+        if finished and not args.state_dir:
+            shutil.rmtree(state, ignore_errors=True)  # SeaweedFS alone preallocates ~250 MB
+        elif not finished:
+            log(f"servers' data and the logs of every run are kept in {state}")
     elapsed = time.perf_counter() - started
     tables, figures = build_tables(rounds, bare, lat)
     if profile:

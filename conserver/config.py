@@ -97,7 +97,7 @@ class Config:
     parallel_storage: bool = True
     store_timeout: float = 10.0
     store_retries: int = 3
-    store_threads: int = 8
+    store_threads: int = 32
     circuit_breaker_threshold: int = 5
     circuit_breaker_timeout: float = 60.0
     store_retry_backoff: float = 0.2
@@ -410,7 +410,7 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
     c["store_retries"] = parse_int("CONSERVER_STORE_RETRIES", get("CONSERVER_STORE_RETRIES", "3"), 0, 20)
     c["store_retry_backoff"] = parse_duration("CONSERVER_STORE_RETRY_BACKOFF", get("CONSERVER_STORE_RETRY_BACKOFF", "200ms"), "s", 0.001, 60)
     c["store_retry_backoff_max"] = parse_duration("CONSERVER_STORE_RETRY_BACKOFF_MAX", get("CONSERVER_STORE_RETRY_BACKOFF_MAX", "2s"), "s", 0.001, 600)
-    c["store_threads"] = parse_int("CONSERVER_STORE_THREADS", get("CONSERVER_STORE_THREADS", "8"), 1, 256)
+    c["store_threads"] = parse_int("CONSERVER_STORE_THREADS", get("CONSERVER_STORE_THREADS", "32"), 1, 256)
     c["circuit_breaker_threshold"] = parse_int("CIRCUIT_BREAKER_THRESHOLD", get("CIRCUIT_BREAKER_THRESHOLD", "5"), 1, 10000)
     # Seed 004 writes this in milliseconds (60000), so a bare number is milliseconds.
     c["circuit_breaker_timeout"] = parse_duration("CIRCUIT_BREAKER_TIMEOUT", get("CIRCUIT_BREAKER_TIMEOUT", "60s"), "ms", 0.1, 86400)

@@ -427,42 +427,44 @@ class Supervisor:
             self.pools[pool] = PoolConfig(pool, want, *self._pool_rest(pool))
 
     def manage_workers(self) -> None:
-        """Start what is missing, retire what is surplus or replaced (rolling)."""
+        """Start what is missing, retire what is surplus or replaced (rolling).
+
+        Per worker slot (pool, number) the newest process is the one that counts. When it is
+        outdated (an older configuration, or it asked to be recycled) a new one starts —
+        one replacement booting at a time across the pool — and every older process of that
+        slot is asked to drain only once the newest one is up.
+        """
         self._follow_autoscale()
         now = time.monotonic()
         by_key: dict[tuple[str, int], list[WorkerHandle]] = collections.defaultdict(list)
-        for h in self.workers.values():
+        for h in sorted(self.workers.values(), key=lambda h: h.started):
             if not h.retiring:
                 by_key[h.key].append(h)
-        # A worker that asked to be recycled is replaced like an outdated one.
-        booting_replacements = 0
-        for h in self.workers.values():
-            slot = self.slots[h.spec.slot_index]
-            if not h.retiring and h.spec.generation == self.generation and slot.state == STARTING:
-                if any(o is not h and self._outdated(o) for o in by_key[h.key]):
-                    booting_replacements += 1
+        booting_replacements = sum(1 for hs in by_key.values() if len(hs) > 1 and self._booting(hs[-1]))
         for name, pool in self.pools.items():
-            target = self.targets.get(name, 0)
-            for number in range(1, target + 1):
+            for number in range(1, self.targets.get(name, 0) + 1):
                 key = (name, number)
-                current = [h for h in by_key.get(key, []) if not self._outdated(h)]
-                outdated = [h for h in by_key.get(key, []) if self._outdated(h)]
-                if not current:
+                handles = by_key.get(key, [])
+                newest = handles[-1] if handles else None
+                if newest is not None and not self._booting(newest):
+                    for old in handles[:-1]:  # its replacement is up: now the old one may drain
+                        self.retire(old, "replaced")
+                if newest is None or (self._outdated(newest) and not self._booting(newest)):
                     if self.not_before.get(key, 0) > now:
                         continue
-                    if outdated and booting_replacements >= 1:
+                    if newest is not None and booting_replacements >= 1:
                         continue  # roll one at a time
                     self.not_before.pop(key, None)
-                    if self.spawn_worker(pool, number) and outdated:
+                    if self.spawn_worker(pool, number) and newest is not None:
                         booting_replacements += 1
-                elif outdated and all(self.slots[c.spec.slot_index].state not in (STARTING,) for c in current):
-                    for old in outdated:  # its replacement is up: now the old one may drain
-                        self.retire(old, "replaced")
         for key, handles in by_key.items():
             name, number = key
             if name not in self.pools or number > self.targets.get(name, 0):
                 for h in handles:
                     self.retire(h, "surplus")
+
+    def _booting(self, h: WorkerHandle) -> bool:
+        return self.slots[h.spec.slot_index].state == STARTING
 
     def _outdated(self, h: WorkerHandle) -> bool:
         return h.spec.generation != self.generation or bool(self.slots[h.spec.slot_index].recycle)

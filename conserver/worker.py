@@ -304,7 +304,10 @@ class Worker:
             reason = f"processed {self.ctx.processed} >= CONSERVER_MAX_VCONS_PER_WORKER"
         elif self.max_age and time.time() - self.ctx.started >= self.max_age:
             reason = f"age {time.time() - self.ctx.started:.0f}s >= CONSERVER_MAX_WORKER_AGE"
-        elif self.spec.config.max_worker_rss_mb and time.monotonic() >= self._next_rss_check:
+        elif (self.spec.config.max_worker_rss_mb and time.monotonic() >= self._next_rss_check
+              and time.time() - self.ctx.started >= self.spec.config.min_uptime):
+            # (not before CONSERVER_MIN_UPTIME: a limit below a fresh worker's size must not
+            # replace workers as fast as they start)
             self._next_rss_check = time.monotonic() + 5
             import psutil
 

@@ -220,9 +220,15 @@ def test_recycling_by_age(run, redis_url):
 
 
 def test_recycling_by_rss(run, redis_url):
-    env = {"REDIS_URL": redis_url, "CONSERVER_STORAGES": "null", "CONSERVER_WORKERS": "1", "CONSERVER_MAX_WORKER_RSS_MB": "1"}
+    env = {"REDIS_URL": redis_url, "CONSERVER_STORAGES": "null", "CONSERVER_WORKERS": "1", "CONSERVER_MAX_WORKER_RSS_MB": "1",
+           "CONSERVER_MIN_UPTIME": "1"}
     c = run(env)
     first = c.wait_workers(1, state="idle")[0].pid
     log = c.wait_log("asking to be recycled: rss", timeout=15)
     assert "CONSERVER_MAX_WORKER_RSS_MB" in log
     wait_for(lambda: first not in {w.pid for w in c.workers()}, 15, what="the worker replaced")
+    # a limit below a fresh worker's size replaces workers at most once per CONSERVER_MIN_UPTIME
+    import time as _time
+    _time.sleep(2.5)
+    assert 2 <= c.log().count("asking to be recycled: rss") <= 5
+    assert len(c.workers()) <= 2

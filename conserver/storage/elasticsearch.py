@@ -153,7 +153,6 @@ class ElasticsearchSink(Sink):
             # restored cluster): _bulk would create the index with dynamic mappings that
             # break on the next vCon, so put ours back first.
             self.ensure_schema()
-            self._schema_ready = True
         try:
             return self._write(vcons)
         except TransportConnectionError:
@@ -244,6 +243,7 @@ class ElasticsearchSink(Sink):
                 except RequestError as exc:
                     if exc.error != "resource_already_exists_exception":  # another worker was first
                         raise
+            self._schema_ready = True  # the first write need not do it again
         finally:
             if client is not self._client:
                 client.close()
