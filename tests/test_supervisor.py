@@ -196,3 +196,18 @@ def test_sigusr1_reopens_log_file(start, tmp_path):
     log_file.rename(rotated)
     c.signal(signal.SIGUSR1)
     wait_for(lambda: log_file.exists() and "log files reopened" in log_file.read_text(), 5, what="reopened log")
+
+
+def test_json_logs_one_object_per_line(start):
+    import json
+
+    c = start({"CONSERVER_WORKERS": "2", "LOG_FORMAT": "json"})
+    c.wait_workers(2, state="idle")
+    c.wait_log('"ready: 2 workers up')
+    c.signal(signal.SIGTERM)
+    assert c.wait(10) == 0
+    docs = [json.loads(line) for line in c.log().splitlines() if line.strip()]
+    assert {d["role"] for d in docs} == {"master", "worker"}
+    assert all({"ts", "level", "logger", "pid", "msg"} <= set(d) for d in docs)
+    assert sorted({d["worker"] for d in docs if d["role"] == "worker"}) == [1, 2]
+    assert any(d["msg"].startswith("SIGTERM: draining") for d in docs)
