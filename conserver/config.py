@@ -1,7 +1,10 @@
 """Configuration: read once, validated once, frozen.
 
-Sources, strongest first: the real environment, the file named by ``--env-file`` or
-``CONSERVER_ENV_FILE``, then ``.env`` in the working directory (python-dotenv). Every
+Sources, read in this order: the real environment; ``.env`` in the working directory
+(python-dotenv), which only fills in what the environment lacks; then the file named by
+``--env-file`` or ``CONSERVER_ENV_FILE``, which overrides both: it is the operator's
+explicit choice, and SIGHUP re-reads it, so editing it and reloading changes a setting
+even when systemd's ``EnvironmentFile=`` put the old value in the environment. Every
 variable is documented with its default in ``conf/conserver.env.example``.
 
 A bad value raises :class:`ConfigError`, whose message is one line naming the variable,
@@ -311,19 +314,19 @@ def auto_worker_count(memory_mb_per_worker: int) -> int:
 
 def read_sources(environ: Mapping[str, str] | None = None, env_file: str | None = None,
                  dotenv_path: str | None = ".env") -> tuple[dict[str, str], str]:
-    """Merge .env < --env-file < the real environment. Returns (settings, env_file used)."""
+    """Merge .env < the real environment < --env-file. Returns (settings, env_file used)."""
     from dotenv import dotenv_values
 
     environ = dict(os.environ if environ is None else environ)
     merged: dict[str, str] = {}
     if dotenv_path and os.path.isfile(dotenv_path):
         merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    merged.update(environ)
     env_file = env_file or environ.get("CONSERVER_ENV_FILE") or ""
     if env_file:
         if not os.path.isfile(env_file):
             raise ConfigError("CONSERVER_ENV_FILE", env_file, "a path to a readable file")
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    merged.update(environ)
     return merged, env_file
 
 

@@ -96,8 +96,12 @@ def test_sources_precedence(tmp_path):
     (tmp_path / ".env").write_text("CONSERVER_WORKERS=2\nCONSERVER_BATCH_SIZE=10\nLOG_LEVEL=ERROR\n")
     extra = tmp_path / "extra.env"
     extra.write_text("CONSERVER_BATCH_SIZE=20\nLOG_LEVEL=WARNING\n")
-    c = load_config({"LOG_LEVEL": "DEBUG"}, env_file=str(extra), dotenv_path=str(tmp_path / ".env"))
-    assert (c.workers, c.batch_size, c.log_level) == (2, 20, "DEBUG")
+    c = load_config({"LOG_LEVEL": "DEBUG", "CONSERVER_WORKERS": "3"}, env_file=str(extra),
+                    dotenv_path=str(tmp_path / ".env"))
+    # .env only fills gaps; the environment beats .env; the named file beats both
+    assert (c.workers, c.batch_size, c.log_level) == (3, 20, "WARNING")
+    c = load_config({"LOG_LEVEL": "DEBUG"}, dotenv_path=str(tmp_path / ".env"))
+    assert (c.workers, c.batch_size, c.log_level) == (2, 10, "DEBUG")
     with pytest.raises(ConfigError, match="CONSERVER_ENV_FILE"):
         load_config({}, env_file=str(tmp_path / "missing.env"), dotenv_path=None)
 

@@ -183,10 +183,10 @@ def test_unit_static_settings():
     exec_start = shlex.split(_one(svc, "ExecStart"))
     assert exec_start[0].startswith("/") and exec_start[0].endswith("/conserver")
     assert exec_start[1:] == ["run"]
-    # conserver reads the file itself (CONSERVER_ENV_FILE), so SIGHUP re-reads it;
-    # EnvironmentFile= values would sit in the environment, fixed, and win over it.
+    # systemd loads the file, and conserver reads it itself too (CONSERVER_ENV_FILE):
+    # the named file wins over the environment, so SIGHUP applies an edited file.
+    assert _one(svc, "EnvironmentFile") == "/etc/conserver/conserver.env"
     assert "CONSERVER_ENV_FILE=/etc/conserver/conserver.env" in " ".join(svc["Environment"])
-    assert "EnvironmentFile" not in svc
     assert "2" in _one(svc, "RestartPreventExitStatus").split()  # configuration error
     assert "StartLimitIntervalSec" in unit["Unit"] and "StartLimitBurst" in unit["Unit"]
     # Not root: a dedicated user (static via sysusers, or DynamicUser=).
