@@ -24,6 +24,8 @@ import uuid as uuid_mod
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from conserver.devstack import wait_for  # noqa: F401  (the benchmarks import it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 OUT_DIR = BENCH_DIR / "out"
@@ -248,17 +250,6 @@ def alive(pid: int) -> bool:
         return False
     state = stat.rsplit(")", 1)[-1].split()[0]
     return state not in ("Z", "X")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.005, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 WORKER_TITLE = re.compile(r"^conserver: worker (\d+)/(\d+) \[([^\]]*)\] (\w+)")

@@ -42,9 +42,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from queue import SimpleQueue
+from typing import Any
 
 __all__ = [
     "DevStack",
+    "wait_for",
     "OpenSearchServer",
     "PostgresServer",
     "RedisServer",
@@ -57,6 +59,19 @@ __all__ = [
 ]
 
 LOG_TAIL_LINES = 40
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true (returned), or raise TimeoutError.
+    For the tests and benchmarks that drive these servers and conserver from outside."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 class ServerError(RuntimeError):

@@ -100,18 +100,25 @@ class StoreReader:
         return orjson.loads(urllib.request.urlopen(url, timeout=10).read())["_source"]
 
     def census(self) -> dict[str, list[str]]:
-        """Every uuid in each store (duplicates kept, so a test can see them)."""
-        s3 = [k.rsplit("/", 1)[1][:-5] for k in self.s3_keys() if k.endswith(".vcon")]
-        return {"postgres": [r[0] for r in self.pg_rows()], "s3": s3, "elasticsearch": self.es_ids()}
+        """Every uuid in each store read (duplicates kept, so a test can see them)."""
+        readers = {"postgres": lambda: [r[0] for r in self.pg_rows()],
+                   "s3": lambda: [k.rsplit("/", 1)[1][:-5] for k in self.s3_keys() if k.endswith(".vcon")],
+                   "elasticsearch": self.es_ids}
+        return {name: readers[name]() for name in self.sinks if name in readers}
+
+
+def census(cfg: Config, stores: tuple[str, ...] = ("postgres", "s3", "elasticsearch")) -> dict[str, list[str]]:
+    """Every uuid in each of ``stores`` (duplicates kept, so a test can see them)."""
+    reader = StoreReader(cfg, stores)
+    try:
+        return reader.census()
+    finally:
+        reader.close()
 
 
 def postgres_ids(cfg: Config) -> list[str]:
-    """Every id in the PostgreSQL table (duplicates would show twice; the key forbids them)."""
-    reader = StoreReader(cfg, ("postgres",))
-    try:
-        return sorted(r[0] for r in reader.pg_rows())
-    finally:
-        reader.close()
+    """Every id in the PostgreSQL table, sorted."""
+    return sorted(census(cfg, ("postgres",))["postgres"])
 
 
 def wait_all_stored(reader: StoreReader, uuids: set[str], timeout: float) -> dict[str, list[str]]:

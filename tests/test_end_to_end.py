@@ -10,7 +10,7 @@ import pytest
 
 from conserver.devstack import OpenSearchServer
 from tests.proc import Conserver, title, wait_for
-from tests.stores import StoreReader, enqueue_samples, postgres_ids, queue_for, wait_all_stored, wait_drained
+from tests.stores import StoreReader, census, enqueue_samples, postgres_ids, queue_for, wait_all_stored, wait_drained
 
 FAST_RETRIES = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": "1s", "SCHEDULER_INTERVAL": "200ms",
                 "CONSERVER_STORE_RETRIES": "1", "CONSERVER_STORE_TIMEOUT": "2s", "CIRCUIT_BREAKER_THRESHOLD": "3", "CIRCUIT_BREAKER_TIMEOUT": "1s"}
@@ -63,13 +63,9 @@ def test_1000_vcons_end_to_end(run, stack_env, parallel):
     vcons = enqueue_samples(queue, 1000)
     run(stack_env, CONSERVER_PARALLEL_STORAGE=parallel)
     wait_drained(queue, 120)
-    reader = StoreReader(cfg)
-    try:
-        census = reader.census()
-    finally:
-        reader.close()
+    found = census(cfg)
     want = sorted(v["uuid"] for v in vcons)
-    for store, ids in census.items():
+    for store, ids in found.items():
         assert sorted(ids) == want, store  # every one, exactly once
     assert queue.depths()["dlq"] == {"default": 0}
 
@@ -132,8 +128,8 @@ def test_store_stopped_mid_run_loses_nothing_and_breaker_opens_and_closes(run, s
         server.start()
         wait_drained(queue, 90)
         c.wait_log(f"circuit breaker {store}: half-open -> closed", timeout=10)
-        census = wait_all_stored(reader, {v["uuid"] for v in rest}, 30)
-        for name, ids in census.items():
+        found = wait_all_stored(reader, {v["uuid"] for v in rest}, 30)
+        for name, ids in found.items():
             want = rest if name == store == "elasticsearch" else first + rest  # osmem forgets on restart
             assert sorted(ids) == sorted(v["uuid"] for v in want), name  # each once
         assert queue.depths()["dlq"] == {"default": 0}
@@ -209,12 +205,8 @@ def test_redis_restart_mid_run_loses_nothing(run, stack_env, make_redis_server):
     redis.start()
     assert queue.depths()["lists"]["default"] > 0  # the restart really was mid-run
     wait_drained(queue, 120)
-    reader = StoreReader(cfg)
-    try:
-        census = reader.census()
-    finally:
-        reader.close()
-    for store, ids in census.items():
+    found = census(cfg)
+    for store, ids in found.items():
         assert set(ids) == {v["uuid"] for v in vcons}, store
     assert c.proc.poll() is None  # the supervisor never exited
     assert "crash loop" not in c.log() and "was killed" not in c.log()

@@ -16,7 +16,7 @@ import pytest
 
 from tests.chaos.corpus import BAD_CORPUS
 from tests.proc import Conserver, title, wait_for
-from tests.stores import StoreReader, enqueue_samples, queue_for, wait_drained
+from tests.stores import census, enqueue_samples, queue_for, wait_drained
 
 STORES = ("postgres", "s3", "elasticsearch")
 RESILIENT = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": "2s", "SCHEDULER_INTERVAL": "200ms",
@@ -39,10 +39,10 @@ def run(tmp_path):
         c.stop()
 
 
-def summary(name: str, sent: set[str], census: dict[str, list[str]], dead: int, c: Conserver) -> dict[str, int]:
-    stored = set.intersection(*(set(v) for v in census.values())) if census else set()
+def summary(name: str, sent: set[str], found: dict[str, list[str]], dead: int, c: Conserver) -> dict[str, int]:
+    stored = set.intersection(*(set(v) for v in found.values())) if found else set()
     lost = len(sent - stored)
-    duplicated = sum(n - 1 for ids in census.values() for n in collections.Counter(ids).values() if n > 1)
+    duplicated = sum(n - 1 for ids in found.values() for n in collections.Counter(ids).values() if n > 1)
     restarts = c.log().count("was killed by") + c.log().count("exited with code")
     figures = {"sent": len(sent), "stored": len(stored & sent), "lost": lost, "duplicated": duplicated,
                "dead_lettered": dead, "restarts": restarts}
@@ -50,13 +50,8 @@ def summary(name: str, sent: set[str], census: dict[str, list[str]], dead: int, 
     return figures
 
 
-def census_of(env: dict[str, str], stores=STORES) -> dict[str, list[str]]:
-    reader = StoreReader(queue_for(env)[0], stores)
-    try:
-        full = reader.census()
-        return {k: v for k, v in full.items() if k in stores}
-    finally:
-        reader.close()
+def census_of(env: dict[str, str]) -> dict[str, list[str]]:
+    return census(queue_for(env)[0])
 
 
 def test_kill9_a_random_worker_every_250ms(run, stack_env):
@@ -86,8 +81,8 @@ def test_kill9_a_random_worker_every_250ms(run, stack_env):
         stop.set()
         t.join()
     wait_drained(queue, 120)
-    census = census_of(env)
-    f = summary("kill9", sent, census, sum(queue.depths()["dlq"].values()), c)
+    found = census_of(env)
+    f = summary("kill9", sent, found, sum(queue.depths()["dlq"].values()), c)
     assert kills[0] >= 8
     assert f["lost"] == 0 and f["duplicated"] == 0 and f["stored"] == 5000
     assert queue.depths()["processing"] == 0
@@ -112,10 +107,10 @@ def test_store_outage_of_20_seconds(run, stack_env, store, pg_server, s3_server)
         time.sleep(20)
         server.start()
         wait_drained(queue, 120)
-        census = census_of(env)
+        found = census_of(env)
         if store == "elasticsearch":  # its first 400 went with the restart; check the rest there
-            census["elasticsearch"] = list(set(census["elasticsearch"]) | sent)
-        f = summary(f"outage-{store}", sent | during, census, sum(queue.depths()["dlq"].values()), c)
+            found["elasticsearch"] = list(set(found["elasticsearch"]) | sent)
+        f = summary(f"outage-{store}", sent | during, found, sum(queue.depths()["dlq"].values()), c)
         assert f["lost"] == 0 and f["duplicated"] == 0 and f["dead_lettered"] == 0
         assert "crash loop" not in c.log() and c.proc.poll() is None and f["restarts"] == 0
         assert f"circuit breaker {store}: closed -> open" in c.log()
