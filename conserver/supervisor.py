@@ -147,11 +147,11 @@ class Supervisor:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         self._install_signals()
-        if MONITOR_POOL.name in self.pools:
-            # prometheus-client's multiprocess mode: every worker writes its own mmap'ed
-            # files here and the monitor process adds them up. Set before any child starts.
-            self.metrics_dir = tempfile.mkdtemp(prefix="conserver-metrics-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        # prometheus-client's multiprocess mode: every worker writes its own mmap'ed files
+        # here and the monitor process adds them up. Set before any child starts, and even
+        # when no monitor runs yet: a SIGHUP may turn metrics on.
+        self.metrics_dir = tempfile.mkdtemp(prefix="conserver-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         self._preload()
         log.info("starting conserver master: %d workers, start method %s, lists %s, stores %s",
                  self.cfg.total_workers, self.method, ",".join(self.cfg.ingress_lists),

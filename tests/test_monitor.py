@@ -126,3 +126,26 @@ def test_status_page_in_headless_chromium(monitored, tmp_path):
     shot = ARTIFACTS / "status.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", base + "/status"], capture_output=True, timeout=60)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_sighup_can_turn_metrics_on(tmp_path, redis_url):
+    port = free_port()
+    env_file = tmp_path / "conserver.env"
+    env_file.write_text("CONSERVER_METRICS_PORT=0\n")
+    env = {"REDIS_URL": redis_url, "CONSERVER_WORKERS": "1", "CONSERVER_STORAGES": "null",
+           "CONSERVER_METRICS_LOG_INTERVAL": "0", "CONSERVER_ENV_FILE": str(env_file)}
+    c = Conserver(tmp_path, env)
+    try:
+        c.wait_workers(1, state="idle")
+        assert "started monitor" not in c.log()
+        env_file.write_text(f"CONSERVER_METRICS_PORT={port}\n")
+        c.signal(signal.SIGHUP)
+        c.wait_log("metrics, health and status on", timeout=20)
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 20, what="the monitor after SIGHUP")
+        cfg, queue = queue_for(env)
+        enqueue_samples(queue, 50)
+        wait_drained(queue, 30)
+        wait_for(lambda: 'conserver_vcons_processed_total{list="default"} 50.0' in get(f"http://127.0.0.1:{port}/metrics")[1],
+                 10, what="metrics from the workers started by the reload")
+    finally:
+        c.stop()
