@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name == "all":
-        for n in ("queue", "lifecycle", "memory", "scaling", "plot"):
+        for n in ("queue", "fanout", "lifecycle", "memory", "scaling", "plot"):
             code = importlib.import_module(BENCHMARKS[n]).main(rest if n == "scaling" else [])
             if code:
                 return code

@@ -528,6 +528,7 @@ a baseline measured in the same run (or to a stated target). Run from the reposi
 | queue | `.venv/bin/python -m benchmarks queue` | no-op job throughput: conserver (null store) vs RQ, Celery, Dramatiq, Huey and a bare redis-py at-least-once loop, 2 processes each |
 | lifecycle | `.venv/bin/python -m benchmarks lifecycle` | kill -9 -> replacement idle, kill -9 -> claimed vCons back in the list, SIGTERM -> all gone (idle and busy), per start method |
 | memory | `.venv/bin/python -m benchmarks memory` | PSS of master + workers (+ forkserver) for 1, 2, 4, 8 workers per start method |
+| fanout | `.venv/bin/python -m benchmarks fanout` | end to end into PostgreSQL + S3 + OpenSearch against a vcon-server style loop, worker CPU per vCon, each store's bare client, parallel vs sequential with injected latency |
 | scaling | `.venv/bin/python -m benchmarks scaling --workers 1,2,4,8,16` | null-store vCons/s against the number of workers |
 | plot | `.venv/bin/python -m benchmarks plot` | `scaling.png`, `queue.png`, `memory.png`, `fanout.png` (when `out/fanout.json` exists) next to this file |
 
