@@ -210,3 +210,20 @@ def test_redis_restart_mid_run_loses_nothing(run, stack_env, make_redis_server):
         assert set(ids) == {v["uuid"] for v in vcons}, store
     assert c.proc.poll() is None  # the supervisor never exited
     assert "crash loop" not in c.log() and "was killed" not in c.log()
+
+
+def test_a_bug_that_crashes_every_batch_stops_the_supervisor_without_losing_vcons(run, redis_url):
+    """Not poison in the data but a bug in the code: the crash-loop limit ends the supervisor
+    (exit 4, so systemd restarts it and someone looks), and the vCons wait in Redis; at
+    most a couple are dead-lettered as poison, and `dlq requeue` brings those back."""
+    env = {"REDIS_URL": redis_url, "CONSERVER_STORAGES": "null,tests.crash_store:CrashStore",
+           "CONSERVER_STORE_CRASH_UUIDS": "*", "CONSERVER_CRASH_LIMIT": "6", "CONSERVER_ENABLE_SCHEDULER": "false"}
+    cfg, queue = queue_for(env)
+    vcons = enqueue_samples(queue, 100)
+    c = run(env, workers=1)
+    assert c.wait(60) == 4
+    assert "crash loop" in c.log()
+    d = queue.depths()
+    dead = d["dlq"]["default"]
+    # every claim was given back by the supervisor as it reaped each crashed worker
+    assert d["processing"] == 0 and dead <= 2 and d["lists"]["default"] + dead == len(vcons)
