@@ -44,6 +44,7 @@ class _RedisBackoff:
 
     def __init__(self, ctx: Any):
         self.ctx = ctx
+        self.failed = False  # set on any failure: see StorePipeline.give_back_lost_claims
 
     def call(self, fn: Callable[[], T], what: str, *, give_up_on_stop: bool = False) -> T | None:
         delay = 0.1
@@ -51,6 +52,7 @@ class _RedisBackoff:
             try:
                 return fn()
             except REDIS_DOWN as exc:
+                self.failed = True
                 if give_up_on_stop and self.ctx.stopping:
                     return None
                 log.warning("redis unavailable during %s (%s); retrying in %.1fs", what, exc, delay)
@@ -118,11 +120,25 @@ class StorePipeline(WorkerTask):
                 "state": "busy" if self.ctx.slot.busy_since else "idle",
                 "current": self.ctx.slot.current.decode(errors="replace")}
 
+    def give_back_lost_claims(self) -> None:
+        """After a Redis failure, with nothing in hand: a claim the server ran but whose
+        reply never reached us (Redis stopped in between) left vCons in our processing
+        list that we do not know about, and our live heartbeat keeps the orphan sweep
+        away from them. Hand back whatever is there."""
+        self.retry.failed = False
+        n = self.queue.retire()
+        self.queue.beat(self._beat_info())  # retire() dropped our heartbeat: we are alive
+        if n:
+            log.warning("gave back %d vCons claimed during a Redis outage whose reply never arrived", n)
+
     def run_once(self) -> None:
         try:
+            if self.retry.failed:
+                self.give_back_lost_claims()
             # One at a time while isolating a suspect redelivery (see below), else a batch.
             claims = self.queue.claim_batch(self.tick, max_items=1 if self.isolating else None)
         except REDIS_DOWN as exc:
+            self.retry.failed = True
             log.warning("redis unavailable while claiming (%s); backing off", exc)
             time.sleep(min(1.0, self.tick) * random.uniform(0.5, 1.0))
             return

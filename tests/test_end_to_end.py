@@ -227,3 +227,30 @@ def test_a_bug_that_crashes_every_batch_stops_the_supervisor_without_losing_vcon
     dead = d["dlq"]["default"]
     # every claim was given back by the supervisor as it reaped each crashed worker
     assert d["processing"] == 0 and dead <= 2 and d["lists"]["default"] + dead == len(vcons)
+
+
+def test_claims_whose_reply_was_lost_in_a_redis_outage_are_given_back(run, make_redis_server):
+    """A claim the server ran while Redis went down, its reply lost: the vCons sit in a live
+    worker's processing list unknown to it, and its heartbeat keeps the sweep away. After
+    the outage, the worker (holding nothing) gives back whatever its lists hold."""
+    from conserver.queue import WorkQueue
+
+    redis = make_redis_server(appendonly=True)
+    env = {"REDIS_URL": redis.url, "CONSERVER_STORAGES": "null", "CONSERVER_ENABLE_SCHEDULER": "false"}
+    cfg, queue = queue_for(env)
+    c = run(env, workers=1)
+    c.wait_workers(1, state="idle")
+    wid = wait_for(lambda: next(iter(queue.workers()), None), 10, what="the worker's heartbeat")
+    # the lost reply: a claim made in the worker's name that the worker never saw (from a
+    # list it does not serve, so only the give-back can move these vCons again)
+    enqueue_samples(queue, 10, "other")
+    ghost = WorkQueue(queue.redis, ("other",), worker_id=wid).claim_batch(0)
+    assert len(ghost) == 10 and queue.depths()["processing"] == 10
+    time.sleep(1.5)
+    assert queue.depths()["processing"] == 10  # a live worker's claims stay put
+    redis.stop()
+    time.sleep(5)  # longer than redis-py's own retries (about 3 s): the worker sees the outage
+    redis.start()
+    wait_for(lambda: queue.depths()["processing"] == 0, 30, what="the lost claims given back")
+    assert queue.redis.llen("other") == 10
+    c.wait_log("gave back 10 vCons claimed during a Redis outage", timeout=5)
