@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from conserver.devstack import wait_for  # noqa: F401  (the benchmarks import it from here)
+from conserver.observability import process_title as title  # noqa: F401  (likewise)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
@@ -203,15 +204,6 @@ def enqueue_vcons(client, list_name: str, n: int, factory: VconFactory, chunk: i
 
 
 # ---------------------------------------------------------------------------- process tree
-
-
-def title(pid: int) -> str:
-    """A process's title (setproctitle rewrites argv, so /proc/PID/cmdline shows it)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def children(pid: int) -> list[int]:

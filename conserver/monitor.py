@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from conserver import metrics
-from conserver.worker import BUSY, EMPTY, STATE_NAMES, WorkerTask
+from conserver.worker import BUSY, EMPTY, STATE_NAMES, WorkerTask, pid_alive
 
 log = logging.getLogger("conserver.monitor")
 
@@ -164,7 +164,7 @@ class MonitorTask(WorkerTask):
         """Liveness: the supervisor is alive and its workers are running."""
         procs = [p for p in board_processes(self.board) if p["role"] == "worker"]
         running = [p for p in procs if p["state"] in ("idle", "busy")]
-        master_alive = _pid_alive(self.board.master_pid)
+        master_alive = pid_alive(self.board.master_pid)
         ok = master_alive and (len(running) > 0 or self.board.target_workers == 0)
         return (200 if ok else 503), {"ok": ok, "master_alive": master_alive, "workers_running": len(running),
                                       "workers_wanted": self.board.target_workers}
@@ -196,16 +196,6 @@ class _ReusePortServer(ThreadingHTTPServer):
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def _handler(task: MonitorTask) -> type[BaseHTTPRequestHandler]:

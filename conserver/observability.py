@@ -104,6 +104,15 @@ def set_title(title: str) -> None:
         _setproctitle(title)
 
 
+def process_title(pid: int) -> str:
+    """What `ps` shows for ``pid`` (setproctitle rewrites argv, so /proc/PID/cmdline has it)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
 def sd_notify(*lines: str) -> bool:
     """Send ``READY=1``-style lines to systemd's NOTIFY_SOCKET; a no-op when not under systemd."""
     address = os.environ.get("NOTIFY_SOCKET")

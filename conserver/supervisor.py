@@ -293,7 +293,7 @@ class Supervisor:
                  len(self.workers), self.generation)
 
     def _resize(self, delta: int) -> None:
-        pool = next(iter(p for p in self.pools if p not in SERVICE_TASKS), None)
+        pool = self._first_worker_pool()
         if pool is None:
             return
         new = self.targets[pool] + delta
@@ -301,14 +301,18 @@ class Supervisor:
             log.warning("%s: pool %s stays at %d workers (allowed 1..256)",
                         "SIGTTIN" if delta > 0 else "SIGTTOU", pool, self.targets[pool])
             return
-        self.targets[pool] = new
-        self.pools[pool] = PoolConfig(pool, new, *self._pool_rest(pool))
-        self.board.target_workers += delta
+        self._set_target(pool, new)
         log.info("%s: pool %s now wants %d workers", "SIGTTIN" if delta > 0 else "SIGTTOU", pool, new)
 
-    def _pool_rest(self, name: str) -> tuple:
+    def _first_worker_pool(self) -> str | None:
+        """The pool TTIN/TTOU and autoscaling act on (not the scheduler or monitor)."""
+        return next(iter(p for p in self.pools if p not in SERVICE_TASKS), None)
+
+    def _set_target(self, name: str, workers: int) -> None:
         p = self.pools[name]
-        return (p.ingress_lists, p.storages, p.weights)
+        self.board.target_workers += workers - self.targets[name]
+        self.targets[name] = workers
+        self.pools[name] = PoolConfig(name, workers, p.ingress_lists, p.storages, p.weights)
 
     # ------------------------------------------------------------------ process table
     def spawn_worker(self, pool: PoolConfig, number: int) -> WorkerHandle | None:
@@ -415,16 +419,14 @@ class Supervisor:
     def _follow_autoscale(self) -> None:
         """The monitor decided how many workers the first pool needs; we own the processes."""
         want = self.board.autoscale_target
-        pool = next(iter(p for p in self.pools if p not in SERVICE_TASKS), None)
+        pool = self._first_worker_pool()
         if not self.cfg.autoscale or not want or pool is None:
             return
         low, high = self.cfg.autoscale
         want = max(low, min(high, want))
         if want != self.targets[pool]:
             log.info("autoscale: pool %s %d -> %d workers", pool, self.targets[pool], want)
-            self.board.target_workers += want - self.targets[pool]
-            self.targets[pool] = want
-            self.pools[pool] = PoolConfig(pool, want, *self._pool_rest(pool))
+            self._set_target(pool, want)
 
     def manage_workers(self) -> None:
         """Start what is missing, retire what is surplus or replaced (rolling).

@@ -205,7 +205,7 @@ def _set_parent_death_signal(sig: int) -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -294,7 +294,7 @@ class Worker:
     # --- checks, twice a second ---
     def _parent_alive(self) -> bool:
         # Reparenting means our parent (the supervisor, or the forkserver) died.
-        return os.getppid() == self.parent_pid and _pid_alive(self.spec.master_pid)
+        return os.getppid() == self.parent_pid and pid_alive(self.spec.master_pid)
 
     def _check_recycle(self) -> None:
         if self.slot.recycle:

@@ -87,13 +87,14 @@ def _conserver_pids() -> set[int]:
     """Our conserver processes (title ``conserver: ...`` and this session's marker)."""
     import psutil
 
+    from conserver.observability import process_title
+
     marker = f"CONSERVER_TEST_SESSION={os.environ['CONSERVER_TEST_SESSION']}".encode()
     found = set()
     for p in psutil.process_iter(["pid"]):
         try:
-            with open(f"/proc/{p.pid}/cmdline", "rb") as fh:
-                if not fh.read().startswith(b"conserver: "):
-                    continue
+            if not process_title(p.pid).startswith("conserver: "):
+                continue
             with open(f"/proc/{p.pid}/environ", "rb") as fh:
                 if marker in fh.read().split(b"\0"):
                     found.add(p.pid)

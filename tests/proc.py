@@ -12,16 +12,9 @@ from typing import Callable
 import psutil
 
 from conserver.devstack import wait_for  # noqa: F401  (re-exported for the tests)
+from conserver.observability import process_title as title  # noqa: F401  (likewise)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def title(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 class Conserver:
