@@ -7,6 +7,6 @@
     .venv/bin/python -m benchmarks plot         # PNGs next to RESULTS.md
 
 Each prints a table, writes ``benchmarks/out/NAME.json`` and replaces its own section of
-``benchmarks/RESULTS.md``. Each starts its own private redis-server (conserver.devstack)
+``benchmarks/RESULTS.md``. Each starts its own private redis-server (conserver.dev.devstack)
 and never touches a system Redis.
 """

@@ -24,8 +24,8 @@ import uuid as uuid_mod
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from conserver.devstack import wait_for  # noqa: F401  (the benchmarks import it from here)
-from conserver.observability import process_title as title  # noqa: F401  (likewise)
+from conserver.dev.devstack import wait_for  # noqa: F401  (the benchmarks import it from here)
+from conserver.observability.titles import process_title as title  # noqa: F401  (likewise)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
@@ -146,8 +146,8 @@ def machine_line(info: dict[str, Any]) -> str:
 
 
 def start_redis():
-    """A private redis-server on a free 127.0.0.1 port, without persistence (conserver.devstack)."""
-    from conserver.devstack import RedisServer
+    """A private redis-server on a free 127.0.0.1 port, without persistence (conserver.dev.devstack)."""
+    from conserver.dev.devstack import RedisServer
 
     return RedisServer(appendonly=False).start()
 
@@ -168,7 +168,7 @@ class VconFactory:
     def __init__(self, seed: int = 1, pool: int = 2000):
         import orjson
 
-        from conserver.vcon import sample_vcon
+        from conserver.dev.samples import sample_vcon
 
         self.rng = random.Random(seed)
         self.templates: list[tuple[bytes, bytes]] = []

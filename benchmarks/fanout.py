@@ -4,7 +4,7 @@ latency injected in front of the real servers.
 
     .venv/bin/python -m benchmarks fanout            (or: python -m benchmarks.fanout)
 
-Everything runs on private local servers started here (conserver.devstack: redis-server,
+Everything runs on private local servers started here (conserver.dev.devstack: redis-server,
 PostgreSQL, SeaweedFS for S3, osmem for the OpenSearch API); never the machine's own.
 
 1. Throughput. The same N sample vCons (~1.5 KB) are written to vcon:{uuid} and their
@@ -581,7 +581,7 @@ def hist_mean(m0: dict[str, float], m1: dict[str, float], name: str, labels: str
 
 def latency_conserver(env: dict[str, str], client, factory: VconFactory, proxy: ProxyProcess, parallel: bool,
                       batch: int, batches: int, workdir: Path) -> dict[str, Any]:
-    from conserver.devstack import free_port
+    from conserver.dev.devstack import free_port
 
     port = free_port()
     cenv = conserver_env(proxied_env(env, proxy.ports), CONSERVER_WORKERS=1, CONSERVER_BATCH_SIZE=batch,
@@ -871,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-results", action="store_true", help="print only; no out/fanout.json, no RESULTS.md")
     args = p.parse_args(argv)
 
-    from conserver.devstack import DevStack
+    from conserver.dev.devstack import DevStack
 
     started = time.perf_counter()
     info = machine_info()
@@ -934,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {pct:5.1f}%  {f}")
     command = "python -m benchmarks fanout" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     intro = (f"{args.vcons:,} sample vCons (mean {mean_kb:.2f} KB) per system into PostgreSQL, S3 (SeaweedFS) and "
-             "the OpenSearch API (osmem), all private servers on this machine (conserver.devstack). Bodies and uuids "
+             "the OpenSearch API (osmem), all private servers on this machine (conserver.dev.devstack). Bodies and uuids "
              "are staged in Redis before anything starts; once every worker is ready the staging list is RENAMEd onto "
              "the list it reads, and the clock runs to the last vCon done (conserver: every vCon acknowledged after "
              "all three stores committed it). Worker CPU: psutil user + system of the worker processes over that "

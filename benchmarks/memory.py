@@ -7,7 +7,7 @@ workers with fork, forkserver and spawn.
 
 Before each measurement the tree processes 100 vCons per worker (so the clients are
 connected and the parse path has run) and then idles for a moment. ``real`` runs the
-postgres, s3 and elasticsearch stores against private servers (conserver.devstack); it is
+postgres, s3 and elasticsearch stores against private servers (conserver.dev.devstack); it is
 skipped with a note if those servers cannot start. The figure that matters is the slope:
 PSS added per worker (least squares over the worker counts). Baselines: the target of 30 MB
 per fork worker, the seed's quoted 200 MB per worker, and fork in the same run.
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if stores == "null":
                 store_env = {"storages": "null"}
             elif stores == "real":
-                from conserver.devstack import DevStack
+                from conserver.dev.devstack import DevStack
 
                 try:
                     log("real stores: starting private PostgreSQL, S3 (SeaweedFS) and OpenSearch")

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks scaling --workers 1,2,4,8,16
 
-Self-contained: it starts its own redis-server (conserver.devstack) and needs nothing but
+Self-contained: it starts its own redis-server (conserver.dev.devstack) and needs nothing but
 the virtualenv. Without --workers it runs 1, 2, 4, 8, 16 up to the number of CPUs.
 Each point: enqueue the sample vCons (~1.5 KB, vcon:{uuid} bodies), start conserver with
 N workers, clock from the first worker showing idle/busy to the ingress and processing

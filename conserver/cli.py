@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 from conserver.config import Config, ConfigError, load_config
 
@@ -24,8 +24,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
-    from conserver.observability import setup_logging
-    from conserver.supervisor import Supervisor
+    from conserver.observability.logging import setup_logging
+    from conserver.process.supervisor import Supervisor
 
     if args.scheduler_only:
         # 001's scheduler-only mode: no queue workers, just the leader-elected scheduler.
@@ -86,7 +86,7 @@ def _read_vcons(paths: list[str]):
 def cmd_enqueue(args: argparse.Namespace, cfg: Config) -> int:
     import random as _random
 
-    from conserver.vcon import sample_vcon
+    from conserver.dev.samples import sample_vcon
 
     list_name = args.list or cfg.ingress_lists[0]
     queue = _queue(cfg, list_name)
@@ -168,7 +168,7 @@ def cmd_migrate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    from conserver.monitor import status_report
+    from conserver.tasks.monitor import status_report
 
     report = status_report(_queue(cfg))
     if args.json:
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["dev"], ["demo"]):  # they parse their own options
-        from conserver import demo, devstack
+        from conserver.dev import demo, devstack
 
         return (devstack.main_dev if argv[0] == "dev" else demo.main)(argv[1:])
     args = build_parser().parse_args(argv)

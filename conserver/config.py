@@ -68,7 +68,7 @@ class Config:
     crash_limit: int = 10
     crash_window: float = 60.0
     min_uptime: float = 10.0
-    pipeline: str = "conserver.pipeline:StorePipeline"
+    pipeline: str = "conserver.tasks.pipeline:StorePipeline"
     pools: tuple[PoolConfig, ...] = ()
     enable_scheduler: bool = True
     autoscale: tuple[int, int] | None = None
@@ -371,7 +371,7 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
     c["crash_limit"] = parse_int("CONSERVER_CRASH_LIMIT", get("CONSERVER_CRASH_LIMIT", "10"), 1, 10000)
     c["crash_window"] = parse_duration("CONSERVER_CRASH_WINDOW", get("CONSERVER_CRASH_WINDOW", "60"), "s", 1, 86400)
     c["min_uptime"] = parse_duration("CONSERVER_MIN_UPTIME", get("CONSERVER_MIN_UPTIME", "10"), "s", 0, 3600)
-    pipeline = get("CONSERVER_PIPELINE", "conserver.pipeline:StorePipeline").strip()
+    pipeline = get("CONSERVER_PIPELINE", "conserver.tasks.pipeline:StorePipeline").strip()
     if not _CUSTOM_STORE.match(pipeline):
         raise ConfigError("CONSERVER_PIPELINE", pipeline, "an import path package.module:Class")
     c["pipeline"] = pipeline

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conserver.devstack import OpenSearchServer, PostgresServer, RedisServer, S3Server, stack_settings
+from conserver.dev.devstack import OpenSearchServer, PostgresServer, RedisServer, S3Server, stack_settings
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +87,7 @@ def _conserver_pids() -> set[int]:
     """Our conserver processes (title ``conserver: ...`` and this session's marker)."""
     import psutil
 
-    from conserver.observability import process_title
+    from conserver.observability.titles import process_title
 
     marker = f"CONSERVER_TEST_SESSION={os.environ['CONSERVER_TEST_SESSION']}".encode()
     found = set()

@@ -7,12 +7,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
-from conserver.devstack import wait_for  # noqa: F401  (re-exported for the tests)
-from conserver.observability import process_title as title  # noqa: F401  (likewise)
+from conserver.dev.devstack import wait_for  # noqa: F401  (re-exported for the tests)
+from conserver.observability.titles import process_title as title  # noqa: F401  (likewise)
 
 ROOT = Path(__file__).resolve().parent.parent
 

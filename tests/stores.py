@@ -9,7 +9,7 @@ import orjson
 from conserver.config import Config, config_from_mapping
 from conserver.queue import WorkQueue, make_redis
 from conserver.storage import load_sinks
-from conserver.vcon import sample_vcon
+from conserver.dev.samples import sample_vcon
 from tests.proc import wait_for
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from conserver.worker import WorkerTask
+from conserver.process.worker import WorkerTask
 
 
 class IdleTask(WorkerTask):

@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-from conserver.vcon import sample_vcon
+from conserver.dev.samples import sample_vcon
 from tests.proc import ROOT
 from tests.stores import StoreReader, queue_for
 

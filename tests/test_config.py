@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conserver.config import Config, ConfigError, config_from_mapping, load_config, redact_url
+from conserver.config import ConfigError, config_from_mapping, load_config, redact_url
 from tests.proc import ROOT
 
 

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from conserver.devstack import free_port
+from conserver.dev.devstack import free_port
 from tests.proc import ROOT
 
 

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 from dotenv import dotenv_values
 from opensearchpy import OpenSearch
 
-from conserver.devstack import DevStack, OpenSearchServer, PostgresServer, RedisServer, S3Server, ServerError, free_port
+from conserver.dev.devstack import DevStack, OpenSearchServer, PostgresServer, RedisServer, S3Server, ServerError, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def test_server_started_from_short_lived_thread_survives_it():
 def test_servers_die_with_a_killed_parent(tmp_path):
     script = (
         "import sys\n"
-        "from conserver.devstack import RedisServer, OpenSearchServer\n"
+        "from conserver.dev.devstack import RedisServer, OpenSearchServer\n"
         "servers = [RedisServer(dir=sys.argv[1] + '/r').start(), OpenSearchServer(dir=sys.argv[1] + '/o').start()]\n"
         "print(*(s.pid for s in servers), flush=True)\n"
         "import time; time.sleep(60)\n"
@@ -236,7 +236,7 @@ def test_devstack_subset_and_unknown_names(state_dir):
 def test_main_dev_runs_until_sigterm(state_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [
-        sys.executable, "-c", "import sys; from conserver.devstack import main_dev; sys.exit(main_dev(sys.argv[1:]))",
+        sys.executable, "-c", "import sys; from conserver.dev.devstack import main_dev; sys.exit(main_dev(sys.argv[1:]))",
         "--state-dir", str(state_dir / "dev"), "--env-file", str(state_dir / ".env"), "--only", "redis,elasticsearch",
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)

@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from conserver.devstack import OpenSearchServer
+from conserver.dev.devstack import OpenSearchServer
 from tests.proc import Conserver, title, wait_for
 from tests.stores import StoreReader, census, enqueue_samples, postgres_ids, queue_for, wait_all_stored, wait_drained
 

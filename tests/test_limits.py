@@ -360,7 +360,8 @@ def test_a_store_answering_429_slows_every_worker_down(redis_url):
     from conserver.config import config_from_mapping
     from conserver.fanout import Fanout, Status
     from conserver.storage import StoreError
-    from conserver.vcon import parse_vcon, sample_vcon
+    from conserver.dev.samples import sample_vcon
+    from conserver.vcon import parse_vcon
     from conserver.limits import SharedTokenBucket
     from tests.faulty_store import FaultyStore
 

@@ -8,11 +8,10 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conserver.devstack import free_port
+from conserver.dev.devstack import free_port
 from tests.proc import ROOT, Conserver, title, wait_for
 from tests.stores import enqueue_samples, queue_for, wait_drained
 

@@ -169,7 +169,7 @@ def test_tenant_cap_holds_across_concurrent_workers(run, redis_url, make_redis_s
     its vCons at once, the other tenant is not held back, and every vCon is stored."""
     import random as _random
 
-    from conserver.vcon import sample_vcon
+    from conserver.dev.samples import sample_vcon
 
     measure = make_redis_server()
     env = {"REDIS_URL": redis_url, "CONSERVER_WORKERS": "4", "CONSERVER_BATCH_SIZE": "5",

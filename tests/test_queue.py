@@ -15,7 +15,8 @@ from conserver import queue as q_mod
 from conserver.config import Config
 from conserver.queue import (ATTEMPTS, DELAYED, DELIVERIES, INFLIGHT, WORKERS, Claim, LeaderLock, WorkQueue,
                              dlq_key, dlq_meta_key, item_id, make_redis, make_worker_id, processing_key)
-from conserver.vcon import InvalidVcon, sample_vcon
+from conserver.dev.samples import sample_vcon
+from conserver.vcon import InvalidVcon
 
 
 @pytest.fixture
@@ -553,7 +554,7 @@ def test_redis_restart_between_claim_and_ack_loses_nothing(make_redis_server):
 def test_make_redis_through_sentinel(redis_server, redis_url, tmp_path):
     import subprocess
 
-    from conserver.devstack import free_port
+    from conserver.dev.devstack import free_port
 
     port = free_port()
     conf = tmp_path / "sentinel.conf"

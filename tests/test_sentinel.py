@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import redis
 
-from conserver.devstack import free_port
+from conserver.dev.devstack import free_port
 from tests.proc import Conserver
 from tests.stores import enqueue_samples, queue_for, wait_drained
 

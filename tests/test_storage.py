@@ -20,7 +20,8 @@ from conserver.storage.elasticsearch import ElasticsearchSink
 from conserver.storage.null import NullSink
 from conserver.storage.postgres import PostgresSink
 from conserver.storage.s3 import S3Sink
-from conserver.vcon import Vcon, parse_vcon, sample_vcon
+from conserver.dev.samples import sample_vcon
+from conserver.vcon import Vcon, parse_vcon
 
 STORES = ("postgres", "s3", "elasticsearch")
 

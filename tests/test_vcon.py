@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conserver.vcon import REASONS, InvalidVcon, Vcon, check_uuid, parse_vcon, sample_vcon, tenant_of
+from conserver.dev.samples import sample_vcon
+from conserver.vcon import REASONS, InvalidVcon, Vcon, check_uuid, parse_vcon, tenant_of
 
 UUID = "0b4b3c3e-6f0a-4d7e-9f00-1a2b3c4d5e6f"
 LIMIT = 1 << 20

@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 
-import orjson
 import pytest
 
 from tests.chaos.corpus import BAD_CORPUS
@@ -92,7 +91,7 @@ def test_kill9_a_random_worker_every_250ms(run, stack_env):
 
 @pytest.mark.parametrize("store", STORES)
 def test_store_outage_of_20_seconds(run, stack_env, store, pg_server, s3_server):
-    from conserver.devstack import OpenSearchServer
+    from conserver.dev.devstack import OpenSearchServer
 
     own = OpenSearchServer().start() if store == "elasticsearch" else None  # osmem forgets on restart
     env = {**stack_env, **({"ELASTICSEARCH_URL": own.url} if own else {})}

@@ -35,11 +35,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from conserver.config import Config, ConfigError, PoolConfig
-from conserver.observability import reopen_logs, sd_notify, set_title, setup_logging, watchdog_interval
-from conserver.worker import (BUSY, EMPTY, EXIT_BOOT_ERROR, MAX_SLOTS, SERVICE_TASKS, STARTING, STATE_NAMES,
+from conserver.observability.logging import reopen_logs, setup_logging
+from conserver.observability.systemd import sd_notify, watchdog_interval
+from conserver.observability.titles import set_title
+from conserver.process.worker import (BUSY, EMPTY, EXIT_BOOT_ERROR, MAX_SLOTS, SERVICE_TASKS, STARTING, STATE_NAMES,
                               Board, WorkerSpec, load_task, worker_main)
 
-log = logging.getLogger("conserver.supervisor")
+log = logging.getLogger("conserver.process.supervisor")
 
 EXIT_CRASH_LOOP = 4
 BACKOFF_START, BACKOFF_MAX, HEALTHY_RESET = 0.1, 30.0, 60.0
@@ -187,7 +189,7 @@ class Supervisor:
         if self.method == "spawn":
             return  # nothing to share: every worker is a new interpreter
         try:
-            modules = ["conserver.worker", self.cfg.pipeline.partition(":")[0]]
+            modules = ["conserver.process.worker", self.cfg.pipeline.partition(":")[0]]
             modules += load_task(self.cfg.pipeline).preload_modules(self.cfg)
             if self.method == "forkserver":
                 self.mp.set_forkserver_preload(modules)  # the fork server imports them, we stay lean

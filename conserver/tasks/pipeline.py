@@ -1,4 +1,4 @@
-"""The default worker tasks: the store pipeline, and the scheduler.
+"""The store pipeline: the default worker task.
 
 Store pipeline, one loop turn::
 
@@ -29,12 +29,12 @@ from typing import Any, Callable, TypeVar
 
 import redis
 
-from conserver.metrics import record_error
-from conserver.queue import Claim, LeaderLock, WorkQueue, make_redis, make_worker_id
+from conserver.observability.metrics import record_error
+from conserver.queue import Claim, WorkQueue, make_redis, make_worker_id
 from conserver.vcon import InvalidVcon, Vcon
-from conserver.worker import WorkerTask
+from conserver.process.worker import WorkerTask
 
-log = logging.getLogger("conserver.pipeline")
+log = logging.getLogger("conserver.tasks.pipeline")
 T = TypeVar("T")
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
 
@@ -72,7 +72,7 @@ class StorePipeline(WorkerTask):
     def open(self) -> None:
         from conserver.fanout import Fanout  # store clients load in the worker only
         from conserver.limits import SharedTokenBucket, TenantSlots
-        from conserver.metrics import worker_metrics
+        from conserver.observability.metrics import worker_metrics
         from conserver.storage import load_sinks
 
         cfg, pool = self.ctx.config, self.ctx.pool
@@ -274,7 +274,7 @@ class StorePipeline(WorkerTask):
     def preload_modules(cls, config: Any) -> list[str]:
         from conserver.storage.base import BUILTIN_SINKS
 
-        names = ["conserver.fanout", "conserver.metrics", "prometheus_client"]
+        names = ["conserver.fanout", "conserver.observability.metrics", "prometheus_client"]
         for store in dict.fromkeys(s for p in config.pools for s in p.storages):
             names.append(BUILTIN_SINKS.get(store, store).partition(":")[0])
         return names
@@ -286,51 +286,3 @@ class StorePipeline(WorkerTask):
             return WorkQueue(client, config.ingress_lists, worker_id=ident).requeue_processing(ident)
         finally:
             client.close()
-
-
-class SchedulerTask(WorkerTask):
-    """Where the leader lock is held: move due retries back, sweep orphaned claims."""
-
-    SWEEP_EVERY = 5.0
-    SCAN_EVERY = 300.0  # SCAN walks the whole keyspace: rarely
-
-    def open(self) -> None:
-        cfg = self.ctx.config
-        self.redis = make_redis(cfg, client_name="conserver-scheduler")
-        self.queue = WorkQueue(self.redis, cfg.ingress_lists, worker_id=make_worker_id())
-        self.lock = LeaderLock(self.redis, "scheduler", owner=self.queue.worker_id,
-                               ttl=max(5.0, 5 * cfg.scheduler_interval))
-        self.interval = cfg.scheduler_interval
-        self.next_sweep = self.next_scan = 0.0  # a sweep (with a scan) also runs at start
-        self.leader = False
-
-    def run_once(self) -> None:
-        try:
-            leader = self.lock.acquire()
-            if leader != self.leader:
-                self.leader = leader
-                log.info("scheduler %s the leader", "is now" if leader else "is no longer")
-            if leader:
-                moved = self.queue.move_due()
-                if moved:
-                    log.info("moved %d due retries back to their lists", moved)
-                now = time.monotonic()
-                if now >= self.next_sweep:
-                    self.next_sweep = now + self.SWEEP_EVERY
-                    scan = now >= self.next_scan
-                    if scan:
-                        self.next_scan = now + self.SCAN_EVERY
-                    self.queue.sweep_orphans(scan=scan)
-        except REDIS_DOWN as exc:
-            log.warning("scheduler: redis unavailable (%s)", exc)
-        self.ctx.heartbeat()
-        deadline = time.monotonic() + self.interval
-        while not self.ctx.stopping and time.monotonic() < deadline:
-            time.sleep(min(0.1, self.interval))
-
-    def close(self) -> None:
-        try:
-            self.lock.release()
-        except REDIS_DOWN:
-            pass
-        self.redis.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 import socket
 import threading
 import time
@@ -23,10 +22,10 @@ from typing import Any
 
 import orjson
 
-from conserver import metrics
-from conserver.worker import BUSY, EMPTY, STATE_NAMES, WorkerTask, pid_alive
+from conserver.observability import metrics
+from conserver.process.worker import BUSY, EMPTY, STATE_NAMES, WorkerTask, pid_alive
 
-log = logging.getLogger("conserver.monitor")
+log = logging.getLogger("conserver.tasks.monitor")
 
 
 def board_processes(board: Any) -> list[dict[str, Any]]:

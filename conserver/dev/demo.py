@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from conserver.config import config_from_mapping
-from conserver.devstack import DevStack
+from conserver.dev.devstack import DevStack
 
 
 def where_they_landed(cfg: Any, uuids: list[str]) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         child = subprocess.Popen([sys.executable, "-m", "conserver", "run"], env=env)
 
         from conserver.queue import WorkQueue, make_redis
-        from conserver.vcon import sample_vcon
+        from conserver.dev.samples import sample_vcon
 
         queue = WorkQueue(make_redis(cfg), cfg.ingress_lists, worker_id="demo")
         rng = random.Random()

@@ -3,7 +3,7 @@
 The supervisor starts this module's :func:`worker_main` through the start method the
 operator chose. Everything with a socket, a thread or a pool — the Redis client, the
 store clients, the fan-out thread pools — is built here, after the process started,
-by the pluggable :class:`WorkerTask` (the default one is ``conserver.pipeline``).
+by the pluggable :class:`WorkerTask` (the default one is ``conserver.tasks.pipeline``).
 
 A worker talks to the supervisor through one shared-memory :class:`WorkerSlot`: a
 heartbeat, what it is busy with and since when, how many vCons it finished. Writing a
@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from conserver.config import Config, PoolConfig
-from conserver.observability import reopen_logs, set_title, setup_logging
+from conserver.observability.logging import reopen_logs, setup_logging
+from conserver.observability.titles import set_title
 
-log = logging.getLogger("conserver.worker")
+log = logging.getLogger("conserver.process.worker")
 
 # Slot states, written by the worker, read by the supervisor.
 EMPTY, STARTING, IDLE, BUSY, DRAINING, EXITED = range(6)
@@ -42,9 +43,9 @@ STATE_NAMES = {EMPTY: "empty", STARTING: "starting", IDLE: "idle", BUSY: "busy",
 EXIT_OK = 0
 EXIT_BOOT_ERROR = 3  # the task could not start; the supervisor counts it as a crash
 
-DEFAULT_TASK = "conserver.pipeline:StorePipeline"
+DEFAULT_TASK = "conserver.tasks.pipeline:StorePipeline"
 # Service processes the supervisor runs beside the workers: pool name -> task.
-SERVICE_TASKS = {"scheduler": "conserver.pipeline:SchedulerTask", "monitor": "conserver.monitor:MonitorTask"}
+SERVICE_TASKS = {"scheduler": "conserver.tasks.scheduler:SchedulerTask", "monitor": "conserver.tasks.monitor:MonitorTask"}
 
 
 class WorkerSlot(ctypes.Structure):

@@ -1,4 +1,4 @@
-"""What operators see: log lines, process titles and the systemd notify protocol.
+"""Log lines: text or JSON, one line per event.
 
 Logs are one line per event, text or JSON (orjson), on stderr or in ``LOG_FILE``
 (reopened on SIGUSR1 for logrotate). Every line carries the role (master, worker,
@@ -9,18 +9,11 @@ Nothing here may print a secret: callers pass URLs through ``config.redact_url``
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sys
 import time
 from typing import Any
 
 import orjson
-
-try:  # setproctitle is a dependency, but a title is never worth a crash
-    from setproctitle import setproctitle as _setproctitle
-except ImportError:  # pragma: no cover
-    _setproctitle = None
 
 _context: dict[str, Any] = {"role": "main", "worker": None}
 
@@ -97,44 +90,3 @@ def reopen_logs() -> None:
                 h.stream = h._open()
             finally:
                 h.release()
-
-
-def set_title(title: str) -> None:
-    if _setproctitle is not None:
-        _setproctitle(title)
-
-
-def process_title(pid: int) -> str:
-    """What `ps` shows for ``pid`` (setproctitle rewrites argv, so /proc/PID/cmdline has it)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def sd_notify(*lines: str) -> bool:
-    """Send ``READY=1``-style lines to systemd's NOTIFY_SOCKET; a no-op when not under systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address or not lines:
-        return False
-    if address.startswith("@"):  # abstract namespace
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto("\n".join(lines).encode(), address)
-        return True
-    except OSError:
-        return False
-
-
-def watchdog_interval() -> float | None:
-    """Half of systemd's WatchdogSec when it asks for pings (and asks this process), else None."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    try:
-        return int(usec) / 2_000_000
-    except ValueError:
-        return None

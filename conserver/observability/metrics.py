@@ -178,7 +178,7 @@ class _LiveCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from conserver.monitor import board_processes
+        from conserver.tasks.monitor import board_processes
 
         board = self.task.board
         procs = [p for p in board_processes(board) if p["role"] == "worker"]
