@@ -7,7 +7,7 @@
   aggregation with live gauges fed through ``LiveInputs``, the metrics log line. Imports
   nothing else of conserver.
 - ``status``: the status report (``/status.json``, ``conserver status``) and its HTML page;
-  the one module that reads the shared-memory board.
+  the one module that knows the shared-memory board's slots.
 
 The monitor process that serves them over HTTP is ``conserver.tasks.monitor``.
 """

@@ -6,8 +6,8 @@ The facts come from two places:
 - the shared-memory board, for this host only (so only in the monitor): every process's
   state, current vCon and counters, and the supervisor's own facts.
 
-This module is the one that reads the board: the monitor's health answers, autoscaler
-and live gauges all take their rows from here.
+This module is the one that knows the board's slots (their states, which are live): the
+monitor's health answers, autoscaler and live gauges all take their rows from here.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ logs the metrics line and makes the autoscaler's decisions.
 
 It runs beside the workers (the supervisor starts it when ``CONSERVER_METRICS_PORT`` or
 ``CONSERVER_METRICS_LOG_INTERVAL`` is set), so the main process stays free of threads
-and sockets. This module only wires: the Prometheus side is ``observability.metrics``,
-the report, the page and every read of the shared-memory board ``observability.status``.
+and sockets. This module only wires: the Prometheus side is ``observability.metrics``;
+the report, the page and the rows of the shared-memory board are ``observability.status``.
 """
 
 from __future__ import annotations
