@@ -168,7 +168,7 @@ def cmd_migrate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
-    from conserver.tasks.monitor import status_report
+    from conserver.observability.status import status_report
 
     report = status_report(_queue(cfg))
     if args.json:

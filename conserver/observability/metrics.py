@@ -5,6 +5,10 @@ prometheus-client's multiprocess mode: every process writes its own mmap'ed file
 monitor's ``MultiProcessCollector`` sums them. Without that directory (metrics off)
 workers get :class:`NullMetrics`, which costs nothing.
 
+The monitor's :class:`Aggregator` adds gauges read at scrape time (processes, queue
+depths) through :class:`LiveInputs`: plain functions the monitor builds from the board
+and Redis. This module knows neither; it imports nothing else of conserver.
+
 Label values are list names, store names and reasons: never a URL, key or password.
 """
 
@@ -12,7 +16,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypedDict
 
 import orjson
 
@@ -87,19 +93,51 @@ def recent_errors(redis_client: Any, n: int = 20) -> list[dict[str, Any]]:
     return [orjson.loads(x) for x in redis_client.lrange(ERRORS_KEY, 0, n - 1)]
 
 
+class ProcessRow(TypedDict):
+    """One live process of this host as the board shows it (titles and counters, no secrets)."""
+
+    pid: int
+    role: str  # "worker" or a service process ("scheduler", "monitor")
+    pool: str
+    number: int
+    state: str  # "starting", "idle", "busy", "draining", "exited"
+    current: str  # the vCon in hand while busy
+    processed: int
+    failed: int
+    rss_bytes: int
+    uptime_s: float
+    utilization: float  # share of its lifetime spent busy
+
+
+class SupervisorCounts(NamedTuple):
+    wanted: int  # workers the supervisor keeps running
+    restarts: int  # workers restarted after an unexpected exit
+
+
+QueueDepths = Mapping[str, Any]  # {"lists": {name: n}, "dlq": {name: n}, "processing": n, "delayed": n}
+
+
+@dataclass(frozen=True)
+class LiveInputs:
+    """What the live gauges read at scrape time, each a function called once per scrape."""
+
+    workers: Callable[[], list[ProcessRow]]  # this host's worker processes
+    supervisor: Callable[[], SupervisorCounts]
+    depths: Callable[[], QueueDepths]  # raises when Redis does not answer
+
+
 class Aggregator:
     """The monitor's view: every worker's files plus live gauges read at scrape time."""
 
-    def __init__(self, task: Any) -> None:
+    def __init__(self, live: LiveInputs) -> None:
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        self.task = task
-        self.multi = CollectorRegistry()
+        self.multi = CollectorRegistry()  # the workers' files alone: snapshots read no Redis
         MultiProcessCollector(self.multi)
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry)
-        self.registry.register(_LiveCollector(task))
+        self.registry.register(LiveCollector(live))
 
     def exposition(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -137,6 +175,11 @@ class Aggregator:
         return {store: BREAKER_STATES.get(int(v), "closed") for store, v in least.items()}
 
 
+def mean_utilization(workers: list[ProcessRow]) -> float:
+    """The workers' mean share of time spent busy, 0 when there is none."""
+    return sum(p["utilization"] for p in workers) / len(workers) if workers else 0.0
+
+
 def interval_line(prev: dict[str, Any], cur: dict[str, Any], uptime: float, utilization: float) -> dict[str, Any]:
     """Seed 001's metrics log fields for the interval between two snapshots."""
     completed = cur["completed"] - prev["completed"]
@@ -169,33 +212,31 @@ def quantile(cumulative: list[tuple[float, float]], q: float) -> float:
     return lo_le
 
 
-class _LiveCollector:
-    """Gauges read when scraped: queue depths from Redis, processes from the board."""
+class LiveCollector:
+    """Gauges read when scraped: processes and supervisor counts, then queue depths."""
 
-    def __init__(self, task: Any) -> None:
-        self.task = task
+    def __init__(self, live: LiveInputs) -> None:
+        self.live = live
 
-    def collect(self):
+    def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from conserver.tasks.monitor import board_processes
-
-        board = self.task.board
-        procs = [p for p in board_processes(board) if p["role"] == "worker"]
+        procs = self.live.workers()
         states = GaugeMetricFamily("conserver_workers", "Worker processes by state", labels=["state"])
         for state in ("starting", "idle", "busy", "draining"):
             states.add_metric([state], sum(1 for p in procs if p["state"] == state))
         yield states
-        yield GaugeMetricFamily("conserver_workers_wanted", "Workers the supervisor keeps running", value=board.target_workers)
-        yield CounterMetricFamily("conserver_worker_restarts", "Workers restarted after an unexpected exit", value=board.restarts)
-        util = sum(p["utilization"] for p in procs) / len(procs) if procs else 0.0
-        yield GaugeMetricFamily("conserver_worker_utilization", "Share of time workers spent busy (mean)", value=util)
+        counts = self.live.supervisor()
+        yield GaugeMetricFamily("conserver_workers_wanted", "Workers the supervisor keeps running", value=counts.wanted)
+        yield CounterMetricFamily("conserver_worker_restarts", "Workers restarted after an unexpected exit", value=counts.restarts)
+        yield GaugeMetricFamily("conserver_worker_utilization", "Share of time workers spent busy (mean)",
+                                value=mean_utilization(procs))
         rss = GaugeMetricFamily("conserver_worker_rss_bytes", "Resident memory per worker", labels=["pool", "number"])
         for p in procs:
             rss.add_metric([p["pool"], str(p["number"])], p["rss_bytes"])
         yield rss
         try:
-            d = self.task.queue.depths()
+            d = self.live.depths()
         except Exception:  # Redis down: the depths are unknown, not zero
             yield GaugeMetricFamily("conserver_redis_up", "Redis answered the last scrape", value=0)
             return
