@@ -44,10 +44,13 @@ apt-get update -qq
 if [ ${#required[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${required[@]}"
 fi
-# Debian starts the server of a package it installs, where systemd runs: only promtool
-# is wanted, so nothing of it keeps running or starts at boot.
-if [[ " ${required[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
-    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+# Debian enables (and, where systemd runs, starts) the server of the package: only
+# promtool is wanted, so nothing of it keeps running or starts at boot.
+if [[ " ${required[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable prometheus.service >/dev/null 2>&1 || true
+    if [ -d /run/systemd/system ]; then
+        systemctl stop prometheus.service >/dev/null 2>&1 || true
+    fi
 fi
 if [ ${#optional[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends chromium ||
