@@ -37,19 +37,18 @@ This module depends on nothing else in the project.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:  # typing only: context.py imports this module
-    from conserver.links.context import LinkContext
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["Link", "LinkFailed", "LinkLoadError", "TransientError"]
 
 
 @runtime_checkable
 class Link(Protocol):
-    """A link: ``run(vcon, ctx, options) -> vcon | None``; ``default_options`` may be absent."""
+    """A link: ``run(vcon, ctx, options) -> vcon | None``; ``default_options`` may be absent.
+    ``ctx`` is a ``conserver.links.context.LinkContext`` (not imported here: context.py
+    imports this module)."""
 
-    def run(self, vcon: dict, ctx: LinkContext, options: dict) -> dict | None: ...
+    def run(self, vcon: dict, ctx: Any, options: dict) -> dict | None: ...
 
 
 class TransientError(Exception):

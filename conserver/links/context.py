@@ -151,7 +151,7 @@ class LinkContext:
         attempt = getattr(_current, "attempt", None)
         timeout = attempt.remaining() if attempt is not None else None
         stopping = (lambda: self._should_stop() or attempt.cancelled.is_set()) if attempt else self._should_stop
-        if timeout is not None and timeout <= 0 or not self._bucket.acquire(timeout=timeout, should_stop=stopping):
+        if (timeout is not None and timeout <= 0) or not self._bucket.acquire(timeout=timeout, should_stop=stopping):
             raise RateLimitWait(f"link {self.link_name!r}: no rate-limit token before the deadline")
 
     def pushed_back(self) -> None:

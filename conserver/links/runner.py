@@ -36,7 +36,8 @@ import requests
 
 from conserver.limits import SharedTokenBucket
 from conserver.links.base import LinkFailed, TransientError
-from conserver.links.context import THROTTLE_STATUSES, Attempt, LinkContext, RateLimitWait, default_body_key, run_attempt
+from conserver.links.context import (THROTTLE_STATUSES, Attempt, LinkContext, RateLimitWait, default_body_key,
+                                    run_attempt)
 from conserver.links.loader import LinkSpec
 from conserver.resilience import CircuitBreaker, retry_call
 
@@ -104,7 +105,8 @@ class LinkRunner:
         self._sleep = sleep
         self._bucket = None
         if policy.rate_limit > 0:
-            self._bucket = SharedTokenBucket(redis_client, policy.bucket_name(spec.name), policy.rate_limit, policy.burst)
+            self._bucket = SharedTokenBucket(redis_client, policy.bucket_name(spec.name), policy.rate_limit,
+                                             policy.burst)
         self._call_bucket = self._bucket if policy.rate_limit_per == "call" else None
         self._breaker = None
         if policy.circuit_breaker_failures > 0:
