@@ -65,7 +65,7 @@ class LinkPolicy:
         return float(max(1, math.ceil(self.rate_limit)))
 
     def bucket_name(self, link_name: str) -> str:
-        return f"link:{self.rate_limit_key or link_name}"
+        return f"link.{self.rate_limit_key or link_name}"  # a key_part-safe name: readable in Redis
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(LinkPolicy)}

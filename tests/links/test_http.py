@@ -12,6 +12,7 @@ import time
 import pytest
 import redis
 
+from conserver.limits import SharedTokenBucket
 from conserver.links import LinkFailed
 from tests.links.http_stub import StubServer, chat_answer
 from tests.links.helpers import TRANSCRIPT, call_vcon, runner
@@ -131,9 +132,11 @@ def test_analyze_retries_429_then_succeeds_and_a_400_is_permanent(r, openai_env)
 
     with StubServer(answer) as stub:
         # retry_backoff 0.01 s (default 1 s) so the retries take milliseconds
-        link = runner(r, "links.analyze", analyze_options(stub, retry_backoff=0.01))
+        link = runner(r, "links.analyze", analyze_options(stub, retry_backoff=0.01, rate_limit="100/s"))
         assert link.run(call_vcon())["analysis"][-1]["body"] == SUMMARY
         assert len(stub.received()) == 3
+        # the 429 and the 503 told every worker's shared bucket to slow down (halved once: one volley)
+        assert SharedTokenBucket(r, "link.analyze", 100, 100).state()["rate"] == pytest.approx(50, rel=0.05)
         with pytest.raises(LinkFailed) as failed:
             link.run(call_vcon())
         assert len(stub.received()) == 4  # a 400 is not retried

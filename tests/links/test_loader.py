@@ -105,7 +105,7 @@ def test_policy_options(tmp_path):
     assert "conserver" not in spec.options and spec.options["model"] == "m"
     assert spec.policy == LinkPolicy(timeout=45.0, retries=1, rate_limit=2.0, rate_limit_per="request",
                                      circuit_breaker_failures=0)
-    assert spec.policy.burst == 2 and spec.policy.bucket_name("ai") == "link:ai"
+    assert spec.policy.burst == 2 and spec.policy.bucket_name("ai") == "link.ai"
     assert configure_link("t", "links.tag", {}).policy == LinkPolicy()  # no module defaults for tag
     assert [parse_rate(v) for v in ("2/s", "3/m", "7200/hour", 4, "0.5")] == [2.0, 0.05, 2.0, 4.0, 0.5]
     assert parse_policy({"retries": 5}, {"retries": 1}).retries == 1  # later layers win
@@ -142,6 +142,16 @@ def test_a_call_past_its_deadline_fails_transient_and_leaves_no_trace(r, tmp_pat
         time.sleep(1.0)  # the abandoned call wakes up, changes its copy, tries to post
         assert "subject" not in vcon and stub.received() == []
         link.close()
+
+
+def test_a_rate_limit_per_call(r):
+    # rate_limit 4/s with burst 2 on a link that makes no request: one token per call
+    link = runner(r, "links.tag", {"tags": ["x"], "conserver": {"rate_limit": "4/s", "rate_limit_burst": 2}})
+    started = time.monotonic()
+    for _ in range(6):
+        link.run(call_vcon())
+    assert time.monotonic() - started >= (6 - 2) / 4 * 0.8
+    assert r.exists("conserver:bucket:link.tag") == 1  # the bucket lives in Redis, shared by every worker
 
 
 def test_a_link_must_return_a_vcon_or_none(r, tmp_path, monkeypatch):
