@@ -27,7 +27,7 @@ SECONDS_VAR = "CONSERVER_STORE_SLOW_SECONDS"
 class SlowStore(Sink):
     def __init__(self, config: "Config") -> None:
         super().__init__(config)
-        extra = getattr(config, "extra", None) or {}
+        extra = config.extra
         self.seconds = float(extra.get(SECONDS_VAR, "1") or 1)
 
     def write_batch(self, vcons: Sequence["Vcon"]) -> BatchResult:

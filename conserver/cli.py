@@ -7,6 +7,7 @@ or the stores directly and never start workers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -14,7 +15,7 @@ import os
 import sys
 from typing import Callable
 
-from conserver.config import Config, ConfigError, load_config
+from conserver.config import Config, ConfigError, describe, load_config
 
 log = logging.getLogger("conserver.cli")
 
@@ -29,27 +30,26 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
 
     if args.scheduler_only:
         # 001's scheduler-only mode: no queue workers, just the leader-elected scheduler.
-        cfg = cfg.replace(pools=tuple(p.__class__(p.name, 0, p.ingress_lists, p.storages, p.weights)
-                                      for p in cfg.pools), enable_scheduler=True)
+        cfg = cfg.replace(pools=tuple(dataclasses.replace(p, workers=0) for p in cfg.pools), enable_scheduler=True)
     setup_logging(cfg.log_level, cfg.log_format, cfg.log_file, role="master")
     return Supervisor(cfg, reload=functools.partial(_load, args)).run()
 
 
 def cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
-    doc = cfg.redacted()
     if args.json:
-        print(json.dumps(doc, indent=2, default=str))
+        doc = {"settings": cfg.redacted(), "workers": cfg.total_workers, "env_file": cfg.env_file,
+               "pools": [dataclasses.asdict(p) for p in cfg.pools]}
+        print(json.dumps(doc, indent=2))
     else:
-        for key, value in doc.items():
-            print(f"{key} = {value}")
+        print(describe(cfg), end="")
     return 0
 
 
 def _queue(cfg: Config, list_name: str | None = None):
     from conserver.queue import WorkQueue, make_redis
 
-    lists = tuple(dict.fromkeys((*cfg.ingress_lists, *(l for p in cfg.pools for l in p.ingress_lists),
-                                 *((list_name,) if list_name else ()))))
+    # CONSERVER_INGRESS_LISTS too: `enqueue` writes to its first list by default
+    lists = tuple(dict.fromkeys((*cfg.ingress_lists, *cfg.ingress_lists_used, *((list_name,) if list_name else ()))))
     return WorkQueue(make_redis(cfg, client_name="conserver-cli"), lists, worker_id="cli")
 
 
@@ -156,8 +156,7 @@ def cmd_dlq(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_migrate(args: argparse.Namespace, cfg: Config) -> int:
     from conserver.storage import load_sinks
 
-    names = tuple(dict.fromkeys(s for p in cfg.pools for s in p.storages)) or cfg.storages
-    for sink in load_sinks(names, cfg):
+    for sink in load_sinks(cfg.stores_used, cfg):
         sink.open()
         try:
             sink.ensure_schema()

@@ -156,13 +156,13 @@ class Fanout:
     @classmethod
     def from_config(cls, sinks: Sequence[Sink], config: "Config", **overrides) -> "Fanout":
         """Settings from the configuration: CONSERVER_PARALLEL_STORAGE, CONSERVER_STORE_RETRIES,
-        CIRCUIT_BREAKER_THRESHOLD, CIRCUIT_BREAKER_TIMEOUT and (proposed, with these defaults)
-        CONSERVER_STORE_RETRY_BACKOFF (200ms), CONSERVER_STORE_RETRY_BACKOFF_MAX (2s)."""
+        CONSERVER_STORE_RETRY_BACKOFF, CONSERVER_STORE_RETRY_BACKOFF_MAX, CIRCUIT_BREAKER_THRESHOLD
+        and CIRCUIT_BREAKER_TIMEOUT."""
         settings = dict(
             parallel=config.parallel_storage,
             retries=config.store_retries,
-            backoff=getattr(config, "store_retry_backoff", 0.2),
-            backoff_max=getattr(config, "store_retry_backoff_max", 2.0),
+            backoff=config.store_retry_backoff,
+            backoff_max=config.store_retry_backoff_max,
             breaker_threshold=config.circuit_breaker_threshold,
             breaker_timeout=config.circuit_breaker_timeout,
         )

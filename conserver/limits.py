@@ -42,8 +42,7 @@ from typing import Any
 
 import redis
 
-__all__ = ["BUCKET", "TENANT", "SharedTokenBucket", "TenantSlots", "key_part", "parse_rate_limits",
-           "parse_rate_per_duration"]
+__all__ = ["BUCKET", "TENANT", "SharedTokenBucket", "TenantSlots", "key_part"]
 
 TENANT = "conserver:tenant:"
 BUCKET = "conserver:bucket:"
@@ -289,14 +288,12 @@ class SharedTokenBucket:
     below rate/32; another throttled() within ``min_throttle_interval`` seconds only
     postpones recovery, so a volley of 429s from one overload halves once, not once per
     worker. After ``recover_after`` seconds without a throttle the rate grows back by 10 %
-    of ``rate`` per second up to ``rate``. ``rate`` 0 means unlimited: no Redis calls.
+    of ``rate`` per second up to ``rate``. ``rate`` 0 means unlimited: no Redis calls (the
+    rule of CONSERVER_RATE_LIMITS too, see ``config.parse.RateLimits``).
 
     A request for more than ``burst`` tokens is granted once the bucket is full and leaves
     it in debt (negative tokens) that later requests wait out, so the long-run rate holds
     and a large batch is never refused for good.
-
-    Note: :meth:`try_acquire` returns the seconds to wait (0.0: granted), unlike
-    ``resilience.TokenBucket.try_acquire`` which returns True when granted.
     """
 
     def __init__(self, redis_client: redis.Redis, name: str, rate: float, burst: float, *,
@@ -373,55 +370,3 @@ class SharedTokenBucket:
                                                   repr(self.recover_after), repr(self.min_throttle_interval)])
         wait, tokens, rate, thr = (v.decode() if isinstance(v, bytes) else v for v in res)
         return float(wait), float(tokens), float(rate), (float(thr) if thr else None)
-
-
-# ----------------------------------------------------------------------------------------
-# Settings
-# ----------------------------------------------------------------------------------------
-
-_STORE_NAME = re.compile(r"[A-Za-z0-9._\-]+\Z")
-
-
-def _number(text: str, what: str, entry: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"rate limit {entry!r}: {what} must be a finite number >= 0, not {text!r}")
-    return value
-
-
-def parse_rate_limits(spec: str) -> dict[str, tuple[float, float]]:
-    """``elasticsearch:200/400,s3:50`` -> ``{'elasticsearch': (200.0, 400.0), 's3': (50.0, 50.0)}``:
-    store:rate per second[/burst], burst defaulting to the rate. A rate of 0 means unlimited.
-    Blank is no limits. Raises ValueError naming the bad entry."""
-    limits: dict[str, tuple[float, float]] = {}
-    for entry in (spec or "").split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        name, sep, value = (part.strip() for part in entry.partition(":"))
-        if not sep or not name or not value:
-            raise ValueError(f"rate limit {entry!r}: expected store:rate or store:rate/burst")
-        if not _STORE_NAME.match(name):
-            raise ValueError(f"rate limit {entry!r}: the store name may hold only letters, digits and ._-")
-        if name in limits:
-            raise ValueError(f"rate limit {entry!r}: {name} is given twice")
-        rate_text, slash, burst_text = (part.strip() for part in value.partition("/"))
-        rate = _number(rate_text, "the rate", entry)
-        burst = _number(burst_text, "the burst", entry) if slash else rate
-        if rate > 0 and burst <= 0:
-            raise ValueError(f"rate limit {entry!r}: the burst must be positive")
-        limits[name] = (rate, burst)
-    return limits
-
-
-def parse_rate_per_duration(max_jobs: int, duration_ms: int) -> float:
-    """RATE_LIMIT_MAX jobs per RATE_LIMIT_DURATION milliseconds as jobs per second (0 jobs:
-    0.0, unlimited). The natural burst to pair it with is ``max_jobs``."""
-    if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 0:
-        raise ValueError(f"RATE_LIMIT_MAX must be an int >= 0, not {max_jobs!r}")
-    if isinstance(duration_ms, bool) or not isinstance(duration_ms, int) or duration_ms <= 0:
-        raise ValueError(f"RATE_LIMIT_DURATION must be a positive int of milliseconds, not {duration_ms!r}")
-    return max_jobs * 1000.0 / duration_ms

@@ -1,4 +1,6 @@
-"""Retries with backoff, circuit breakers and rate limits: pure logic, no I/O.
+"""Retries with backoff and circuit breakers: pure logic, no I/O.
+
+Rate limits are shared by every worker, so they live in Redis: ``limits.SharedTokenBucket``.
 
 Clocks, sleeps and randomness are parameters, so tests drive time by hand. Everything
 here is thread-safe where it holds state (a breaker is shared by the threads of a store).
@@ -12,9 +14,9 @@ import logging
 import random
 import threading
 import time
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, TypeVar
 
-__all__ = ["CircuitBreaker", "RateLimiter", "TokenBucket", "backoff_delay", "retry_call"]
+__all__ = ["CircuitBreaker", "backoff_delay", "retry_call"]
 
 log = logging.getLogger("conserver.resilience")
 
@@ -145,69 +147,3 @@ class CircuitBreaker:
         self._state = state
         self._failures = 0
         self._probe_since = None
-
-
-class RateLimiter(Protocol):
-    """What a caller needs from a rate limit. :class:`TokenBucket` is the local one.
-
-    A limit shared by every worker (one bucket per tenant or store in Redis, refilled and
-    taken by one Lua script) will implement this same protocol; it lives next to the queue
-    protocol and its scripts, not here, since this module does no I/O.
-    """
-
-    def try_acquire(self, n: float = 1.0) -> bool: ...
-
-    def wait_time(self, n: float = 1.0) -> float: ...
-
-
-class TokenBucket:
-    """``rate`` tokens per second, holding at most ``burst``; starts full. Thread-safe."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
-        if rate <= 0 or burst <= 0:
-            raise ValueError("rate and burst must be positive")
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = float(burst)
-        self._at = clock()
-        self._lock = threading.Lock()
-
-    def _refill(self) -> float:
-        now = self._clock()
-        if now > self._at:
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = max(self._at, now)
-        return self._tokens
-
-    @property
-    def tokens(self) -> float:
-        with self._lock:
-            return self._refill()
-
-    def try_acquire(self, n: float = 1.0) -> bool:
-        """Take ``n`` tokens if there are that many now."""
-        with self._lock:
-            if self._refill() >= n:
-                self._tokens -= n
-                return True
-            return False
-
-    def wait_time(self, n: float = 1.0) -> float:
-        """Seconds until ``n`` tokens are there (0 if now; infinite if n > burst)."""
-        with self._lock:
-            missing = n - self._refill()
-            if missing <= 0:
-                return 0.0
-            return float("inf") if n > self.burst else missing / self.rate
-
-    def acquire(self, n: float = 1.0, *, timeout: float | None = None, sleep: Callable[[float], None] = time.sleep) -> bool:
-        """Wait for ``n`` tokens and take them; False if that would take longer than ``timeout``."""
-        deadline = None if timeout is None else self._clock() + timeout
-        while True:
-            if self.try_acquire(n):
-                return True
-            wait = self.wait_time(n)
-            if wait == float("inf") or (deadline is not None and self._clock() + wait > deadline):
-                return False
-            sleep(wait)

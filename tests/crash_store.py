@@ -18,7 +18,7 @@ class CrashStore(Sink):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.poison = {u for u in (config.extra or {}).get("CONSERVER_STORE_CRASH_UUIDS", "").split(",") if u}
+        self.poison = {u for u in config.extra.get("CONSERVER_STORE_CRASH_UUIDS", "").split(",") if u}
 
     def open(self) -> None:
         pass

@@ -38,7 +38,7 @@ class FaultyStore(Sink):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        extra = getattr(config, "extra", {}) or {}
+        extra = config.extra
         self.mode = extra.get("CONSERVER_STORE_FAULTY_MODE", "ok")
         self.fail_uuids = {u for u in extra.get("CONSERVER_STORE_FAULTY_UUIDS", "").split(",") if u}
         self.control = extra.get("CONSERVER_STORE_FAULTY_CONTROL", "")

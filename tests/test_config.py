@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conserver.config import ConfigError, config_from_mapping, load_config, redact_url
+from conserver.config import SETTINGS, Config, ConfigError, config_from_mapping, describe, env_example, load_config, redact_url
 from tests.proc import ROOT
 
 
@@ -20,6 +20,8 @@ def test_defaults():
     assert [p.name for p in c.pools] == ["default"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.workers = 3  # type: ignore[misc]
+    # declared once: a Config built by hand has the same defaults as one read from nothing
+    assert Config().replace(pools=c.pools) == c
 
 
 def test_values_and_units():
@@ -129,15 +131,71 @@ def test_pools_file(tmp_path):
         config_from_mapping({"CONSERVER_POOLS_FILE": str(f)})
 
 
-def test_env_example_documents_every_variable():
+def test_env_example_is_generated_from_the_table():
     import re
-    source = (ROOT / "conserver" / "config.py").read_text()
-    read = set(re.findall(r'(?:get|opt)\("([A-Z][A-Z0-9_]+)"', source))
     example = (ROOT / "conf" / "conserver.env.example").read_text()
-    documented = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", example, re.M))
-    # aliases, and the variable that names this very file
-    aliases = {"DATABASE_URL", "ENABLE_SCHEDULER", "AWS_DEFAULT_REGION", "ELASTICSEARCH_USERNAME", "CONSERVER_ENV_FILE"}
-    assert read - aliases <= documented, sorted(read - aliases - documented)
+    assert example == env_example(), "regenerate it: python -m conserver.config > conf/conserver.env.example"
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", example, re.M))
+    assert list(values) == [s.env for s in SETTINGS]
+    assert len({s.field for s in SETTINGS}) == len(SETTINGS)
     # and the documented defaults are the defaults: the example parses to the same config
-    values = {k: v for k, v in re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", example, re.M)}
     assert config_from_mapping(values) == config_from_mapping({})
+
+
+def test_check_config_output_reads_back_to_the_same_config():
+    import re
+    c = config_from_mapping({
+        "CONSERVER_WORKERS": "3", "CONSERVER_START_METHOD": "spawn", "JOB_TIMEOUT": "2m", "TICK_INTERVAL": "250",
+        "CONSERVER_INGRESS_LISTS": "high,normal", "CONSERVER_QUEUE_WEIGHTS": "high:3,normal:1",
+        "CONSERVER_RATE_LIMITS": "elasticsearch:200/400,s3:0.5", "REDIS_SENTINELS": "h1:26379,h2:26380",
+        "REDIS_SENTINEL_MASTER": "main", "CONSERVER_AUTOSCALE": "2,5", "CONSERVER_STORAGES": "null,tests.x:Store",
+        "POSTGRES_TABLE": "t", "LOG_LEVEL": "warning", "S3_PREFIX": "p/", "CONSERVER_STORE_RETRY_BACKOFF": "150ms",
+        "RATE_LIMIT_DURATION": "1500", "CONSERVER_MAX_WORKER_AGE": "1h", "DATABASE_URL": "postgresql://db/x",
+        "CONSERVER_ENABLE_SCHEDULER": "off",
+    })
+    text = describe(c)
+    assert "POSTGRES_DSN=postgresql://db/x" in text and "# pool default: workers 2, lists high,normal" in text
+    assert config_from_mapping(dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", text, re.M))) == c
+
+
+def test_aliases_fill_in_when_the_main_name_is_unset():
+    assert config_from_mapping({"DATABASE_URL": "postgresql://db/a"}).postgres_dsn == "postgresql://db/a"
+    both = {"POSTGRES_DSN": "postgresql://db/main", "DATABASE_URL": "postgresql://db/alias"}
+    assert config_from_mapping(both).postgres_dsn == "postgresql://db/main"
+    assert config_from_mapping({"ENABLE_SCHEDULER": "false"}).enable_scheduler is False
+    assert config_from_mapping({"AWS_DEFAULT_REGION": "eu-west-3"}).aws_region == "eu-west-3"
+    assert config_from_mapping({"ELASTICSEARCH_USERNAME": "u"}).elasticsearch_user == "u"
+    with pytest.raises(ConfigError, match="DATABASE_URL='mysql://db/x'"):  # the name that held the bad value
+        config_from_mapping({"DATABASE_URL": "mysql://db/x"})
+
+
+def test_rate_limits_zero_is_unlimited():
+    def limits(raw):
+        return config_from_mapping({"CONSERVER_RATE_LIMITS": raw}).rate_limits
+
+    assert limits("elasticsearch:200/400,s3:50") == (("elasticsearch", 200.0, 400.0), ("s3", 50.0, 50.0))
+    assert limits(" postgres : 0.5 / 2 , ") == (("postgres", 0.5, 2.0),)
+    assert limits(" ,") == ()
+    assert limits("elasticsearch:0") == (("elasticsearch", 0.0, 0.0),)  # 0: unlimited, as SharedTokenBucket
+    assert limits("tests.faulty_store:FaultyStore:50/10") == (("tests.faulty_store:FaultyStore", 50.0, 10.0),)
+    for bad in ("s3", "s3:", ":5", "s3:abc", "s3:-1", "s3:nan", "s3:inf", "s3:5/x", "s3:5/0", "s3:5/", "e s:5",
+                "s3:1,s3:2", "mongo:5"):
+        with pytest.raises(ConfigError) as err:
+            limits(bad)
+        assert "CONSERVER_RATE_LIMITS" in str(err.value) and "store:rate[/burst]" in str(err.value), bad
+    c = config_from_mapping({"RATE_LIMIT_MAX": "5", "RATE_LIMIT_DURATION": "60000"})  # vcon-server's ms
+    assert c.vcon_rate == pytest.approx(5 / 60) and config_from_mapping({}).vcon_rate == 0.0
+    for var, value in (("RATE_LIMIT_MAX", "-1"), ("RATE_LIMIT_MAX", "1.5"), ("RATE_LIMIT_DURATION", "0")):
+        with pytest.raises(ConfigError, match=var):
+            config_from_mapping({var: value})
+
+
+def test_lists_and_stores_used_are_the_union_over_pools():
+    c = config_from_mapping({"CONSERVER_POOLS": "a=1:x,y:null;b=2:y,z:null,s3", "S3_BUCKET": "b",
+                             "CONSERVER_STORAGES": "postgres"})  # no pool uses postgres: no POSTGRES_DSN needed
+    assert c.ingress_lists_used == ("x", "y", "z") and c.stores_used == ("null", "s3")
+    with pytest.raises(ConfigError, match="S3_BUCKET"):
+        config_from_mapping({"CONSERVER_POOLS": "a=1:x:null;b=1:y:s3"})
+    assert (c.total_workers, c.pools[0].links, c.pools[0].egress_lists) == (3, (), ())
+    assert Config(ingress_lists=("q",), storages=("null",)).ingress_lists_used == ("q",)
+    assert Config(storages=("null",)).stores_used == ("null",)

@@ -1,6 +1,6 @@
 """Shared limits (conserver/limits.py) against a real private redis-server: tenant slots under
 threads and processes, expiry, partial grants, hostile names; the shared token bucket's rate,
-its adaptive slow-down and recovery; the settings parsers."""
+its adaptive slow-down and recovery (CONSERVER_RATE_LIMITS is parsed and tested in config)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import time
 import pytest
 import redis
 
-from conserver.limits import (BUCKET, TENANT, SharedTokenBucket, TenantSlots, key_part, parse_rate_limits,
-                              parse_rate_per_duration)
+from conserver.limits import BUCKET, TENANT, SharedTokenBucket, TenantSlots, key_part
 
 CTX = multiprocessing.get_context("fork")
 
@@ -326,29 +325,6 @@ def test_bucket_bad_arguments(r):
             SharedTokenBucket(r, "x", rate, burst)
     with pytest.raises(ValueError):
         SharedTokenBucket(r, "x", 1, 1).try_acquire(-1)
-
-
-# --- settings --------------------------------------------------------------------------------
-
-def test_parse_rate_limits():
-    assert parse_rate_limits("elasticsearch:200/400,s3:50") == {"elasticsearch": (200.0, 400.0), "s3": (50.0, 50.0)}
-    assert parse_rate_limits(" postgres : 0.5 / 2 , ") == {"postgres": (0.5, 2.0)}
-    assert parse_rate_limits("") == {} and parse_rate_limits("  ,") == {}
-    assert parse_rate_limits("es:0") == {"es": (0.0, 0.0)}
-    for bad, says in (("es", "store:rate"), ("es:", "store:rate"), (":5", "store:rate"), ("es:abc", "rate"),
-                      ("es:-1", "rate"), ("es:nan", "rate"), ("es:inf", "rate"), ("es:5/x", "burst"),
-                      ("es:5/0", "burst"), ("es:5/", "burst"), ("e s:5", "store name"), ("es:1,es:2", "twice")):
-        with pytest.raises(ValueError, match=says):
-            parse_rate_limits(bad)
-
-
-def test_parse_rate_per_duration():
-    assert parse_rate_per_duration(100, 1000) == 100.0
-    assert parse_rate_per_duration(5, 60_000) == pytest.approx(5 / 60)
-    assert parse_rate_per_duration(0, 1000) == 0.0
-    for args in ((-1, 1000), (1, 0), (1, -5), (1.5, 1000), (True, 1000), (1, "1000")):
-        with pytest.raises(ValueError):
-            parse_rate_per_duration(*args)
 
 
 def test_a_store_answering_429_slows_every_worker_down(redis_url):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from conserver.config import Config
+
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "conserver.service"
 SYSUSERS = ROOT / "systemd" / "conserver.sysusers"
@@ -30,9 +32,9 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "k8s"
 
-#: conserver's default CONSERVER_GRACEFUL_TIMEOUT, seconds. Every stop timeout
-#: around the supervisor must be longer than this.
-GRACEFUL_TIMEOUT_DEFAULT = 25
+#: conserver's default CONSERVER_GRACEFUL_TIMEOUT, seconds (from the settings table).
+#: Every stop timeout around the supervisor must be longer than this.
+GRACEFUL_TIMEOUT_DEFAULT = Config().graceful_timeout
 METRICS_PORT = 9600
 MAX_EXPOSURE = 3.0
 

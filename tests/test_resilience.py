@@ -1,4 +1,4 @@
-"""resilience.py: backoff bounds, retry_call, the circuit breaker (driven by a fake clock), TokenBucket."""
+"""resilience.py: backoff bounds, retry_call, the circuit breaker (driven by a fake clock)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from conserver.resilience import CircuitBreaker, TokenBucket, backoff_delay, retry_call
+from conserver.resilience import CircuitBreaker, backoff_delay, retry_call
 
 
 class Clock:
@@ -203,34 +203,3 @@ def test_breaker_lets_exactly_one_probe_through_under_threads():
 def test_breaker_rejects_a_zero_threshold():
     with pytest.raises(ValueError):
         CircuitBreaker("x", threshold=0, reset_timeout=1)
-
-
-# --------------------------------------------------------------------------- token bucket
-
-
-def test_token_bucket_burst_then_rate():
-    clock = Clock()
-    bucket = TokenBucket(rate=10, burst=5, clock=clock)
-    assert [bucket.try_acquire() for _ in range(6)] == [True] * 5 + [False]
-    assert bucket.wait_time() == pytest.approx(0.1)
-    clock.advance(0.25)
-    assert bucket.try_acquire(2) and not bucket.try_acquire()
-    clock.advance(100)
-    assert bucket.tokens == 5  # never more than the burst
-    assert bucket.wait_time(6) == float("inf")
-
-
-def test_token_bucket_acquire_waits_with_the_given_sleep():
-    clock = Clock()
-    bucket = TokenBucket(rate=2, burst=1, clock=clock)
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock.advance(seconds)
-
-    assert bucket.acquire(sleep=sleep)
-    assert bucket.acquire(sleep=sleep)
-    assert slept == [pytest.approx(0.5)]
-    assert not bucket.acquire(timeout=0.1, sleep=sleep)  # would need 0.5 s
-    assert not bucket.acquire(2, sleep=sleep)  # more than the burst: never

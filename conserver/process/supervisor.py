@@ -31,7 +31,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from conserver.config import Config, ConfigError, PoolConfig
@@ -156,8 +156,8 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         self._preload()
         log.info("starting conserver master: %d workers, start method %s, lists %s, stores %s",
-                 self.cfg.total_workers, self.method, ",".join(self.cfg.ingress_lists),
-                 ",".join(self.cfg.storages) or "none")
+                 self.cfg.total_workers, self.method, ",".join(self.cfg.ingress_lists_used),
+                 ",".join(self.cfg.stores_used) or "none")
         self._set_title()
         try:
             self.manage_workers()
@@ -314,7 +314,7 @@ class Supervisor:
         p = self.pools[name]
         self.board.target_workers += workers - self.targets[name]
         self.targets[name] = workers
-        self.pools[name] = PoolConfig(name, workers, p.ingress_lists, p.storages, p.weights)
+        self.pools[name] = replace(p, workers=workers)
 
     # ------------------------------------------------------------------ process table
     def spawn_worker(self, pool: PoolConfig, number: int) -> WorkerHandle | None:

@@ -237,7 +237,7 @@ class Worker:
     def initialize(self) -> None:
         _set_parent_death_signal(signal.SIGTERM)
         cfg = self.spec.config
-        setup_logging(cfg.log_level, cfg.log_format, getattr(cfg, "log_file", ""),
+        setup_logging(cfg.log_level, cfg.log_format, cfg.log_file,
                       role=self.spec.role, worker=self.spec.number if self.spec.role == "worker" else None)
         self.slot.pid = os.getpid()
         self.slot.started = time.time()

@@ -47,8 +47,7 @@ class S3Sink(Sink):
         super().__init__(config)
         self.bucket = config.s3_bucket
         self.prefix = config.s3_prefix
-        # proposed setting S3_LOOKUP_OBJECTS (Config.s3_lookup_objects), default on
-        self.lookup_objects = getattr(config, "s3_lookup_objects", True) if lookup_objects is None else lookup_objects
+        self.lookup_objects = config.s3_lookup_objects if lookup_objects is None else lookup_objects
         self._store: S3Store | None = None
         self._threads: ThreadPoolExecutor | None = None
 

@@ -33,8 +33,7 @@ class MonitorTask(WorkerTask):
         cfg = self.ctx.config
         self.board = self.ctx.board
         self.redis = make_redis(cfg, client_name="conserver-monitor", socket_timeout=2.0, retries=1)
-        lists = tuple(dict.fromkeys(l for p in cfg.pools for l in p.ingress_lists)) or cfg.ingress_lists
-        self.queue = WorkQueue(self.redis, lists, worker_id="monitor")
+        self.queue = WorkQueue(self.redis, cfg.ingress_lists_used, worker_id="monitor")
         self.collector = metrics.Aggregator(metrics.LiveInputs(
             workers=lambda: status.board_workers(self.board),
             supervisor=lambda: metrics.SupervisorCounts(self.board.target_workers, self.board.restarts),

@@ -86,8 +86,7 @@ class StorePipeline(WorkerTask):
         self.tenants = TenantSlots(self.redis, cfg.default_tenant_concurrency, ttl=cfg.tenant_slot_ttl)
         buckets = {store: SharedTokenBucket(self.redis, f"store:{store}", rate, burst)
                    for store, rate, burst in cfg.rate_limits}
-        self.vcon_bucket = SharedTokenBucket(
-            self.redis, "vcons", cfg.rate_limit_max / cfg.rate_limit_duration, cfg.rate_limit_max) \
+        self.vcon_bucket = SharedTokenBucket(self.redis, "vcons", cfg.vcon_rate, cfg.rate_limit_max) \
             if cfg.rate_limit_max else None
         self.fanout = Fanout.from_config(self.sinks, cfg, on_store_result=self.metrics.store_result,
                                          rate_limiters=buckets, should_stop=lambda: self.ctx.stopping)
@@ -275,7 +274,7 @@ class StorePipeline(WorkerTask):
         from conserver.storage.base import BUILTIN_SINKS
 
         names = ["conserver.fanout", "conserver.observability.metrics", "prometheus_client"]
-        for store in dict.fromkeys(s for p in config.pools for s in p.storages):
+        for store in config.stores_used:
             names.append(BUILTIN_SINKS.get(store, store).partition(":")[0])
         return names
 
