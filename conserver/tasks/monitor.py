@@ -24,6 +24,8 @@ import orjson
 
 from conserver.observability import metrics
 from conserver.process.worker import BUSY, EMPTY, STATE_NAMES, WorkerTask, pid_alive
+from conserver.queue.admin import QueueAdmin
+from conserver.queue.client import make_redis
 
 log = logging.getLogger("conserver.tasks.monitor")
 
@@ -53,14 +55,14 @@ def board_processes(board: Any) -> list[dict[str, Any]]:
     return out
 
 
-def status_report(queue: Any, board: Any = None) -> dict[str, Any]:
+def status_report(queue: QueueAdmin, board: Any = None) -> dict[str, Any]:
     """The facts of ``/status`` and ``conserver status``: workers of every host (from their
     Redis heartbeats), queue depths, dead letters, recent errors."""
     report: dict[str, Any] = {
         "workers": queue.workers(),
         "queues": queue.depths(),
         "dead_letters": queue.dlq_list(limit=20),
-        "recent_errors": metrics.recent_errors(queue.redis, 20),
+        "recent_errors": queue.recent_errors(20),
     }
     if board is not None:
         report["processes"] = board_processes(board)
@@ -75,13 +77,11 @@ class MonitorTask(WorkerTask):
     """Serves HTTP on a thread of its own (this process never forks) and logs the metrics line."""
 
     def open(self) -> None:
-        from conserver.queue import WorkQueue, make_redis
-
         cfg = self.ctx.config
         self.board = self.ctx.board
         self.redis = make_redis(cfg, client_name="conserver-monitor", socket_timeout=2.0, retries=1)
         lists = tuple(dict.fromkeys(l for p in cfg.pools for l in p.ingress_lists)) or cfg.ingress_lists
-        self.queue = WorkQueue(self.redis, lists, worker_id="monitor")
+        self.queue = QueueAdmin(self.redis, lists)
         self.collector = metrics.Aggregator(self)
         self.server: ThreadingHTTPServer | None = None
         if cfg.metrics_port:
