@@ -190,10 +190,10 @@ class VconFactory:
 
 
 def enqueue_vcons(client, list_name: str, n: int, factory: VconFactory, chunk: int = 5000) -> float:
-    """Store n bodies at vcon:{uuid} and RPUSH their uuids with WorkQueue.enqueue. Returns seconds."""
-    from conserver.queue import WorkQueue
+    """Store n bodies at vcon:{uuid} and RPUSH their uuids with QueueAdmin.enqueue. Returns seconds."""
+    from conserver.queue.admin import QueueAdmin
 
-    q = WorkQueue(client, [list_name], worker_id="bench-producer")
+    q = QueueAdmin(client, [list_name])
     t0 = time.perf_counter()
     left = n
     while left > 0:
@@ -414,7 +414,7 @@ def watch_drain(client, lists: Sequence[str], total: int, *, timeout: float = 30
     nothing in processing lists). Returns perf_counter times: ``ready`` (first poll at which
     ``ready()`` was true), ``first_claim`` (first poll with fewer than ``total`` waiting) and
     ``drained``, plus ``done_at_first_claim`` (already acknowledged at that poll)."""
-    from conserver.queue import INFLIGHT
+    from conserver.queue.keys import DEFAULT_KEYS
 
     depth = client.register_script(_DEPTH_LUA)
     keys = list(lists)
@@ -426,7 +426,7 @@ def watch_drain(client, lists: Sequence[str], total: int, *, timeout: float = 30
         now = time.perf_counter()
         if t_ready is None and ready is not None and ready():
             t_ready = now
-        waiting, processing = depth(keys=keys, args=[INFLIGHT])
+        waiting, processing = depth(keys=keys, args=[DEFAULT_KEYS.inflight])
         if t_claim is None and waiting < total:
             t_claim = now
             done0 = total - waiting - processing

@@ -238,11 +238,11 @@ def count_stores(env: dict[str, str], table: str, bucket: str, index: str, prefi
 
 
 def stage(client, items: list[tuple[str, bytes]]) -> None:
-    """Bodies at vcon:{uuid} and uuids RPUSHed to the staging list (WorkQueue.enqueue)."""
-    from conserver.queue import WorkQueue
+    """Bodies at vcon:{uuid} and uuids RPUSHed to the staging list (QueueAdmin.enqueue)."""
+    from conserver.queue.admin import QueueAdmin
 
     client.delete(STAGE)
-    q = WorkQueue(client, [STAGE], worker_id="bench-producer")
+    q = QueueAdmin(client, [STAGE])
     for lo in range(0, len(items), 5000):
         q.enqueue(STAGE, items[lo:lo + 5000])
 
@@ -462,9 +462,9 @@ def run_conserver(stack, env: dict[str, str], client, items, workers: int, workd
         threads1 = {pid: thread_cpu(pid) for pid in ws}
         busy = busy_pct(m0, machine_busy())
         names_by_pid = {pid: thread_names(pid) for pid in ws}  # after: pools start their threads lazily
-        from conserver.queue import WorkQueue
+        from conserver.queue.admin import QueueAdmin
 
-        depths = WorkQueue(client, ["default"], worker_id="bench-check").depths()
+        depths = QueueAdmin(client, ["default"]).depths()
         warnings = [line for line in c.log().splitlines() if " WARNING " in line or " ERROR " in line]
     finally:
         c.stop()

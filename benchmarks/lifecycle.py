@@ -88,7 +88,8 @@ def replacement(server, method: str, kills: int, workers: int, workdir: Path) ->
 
 
 def requeue(server, client, method: str, trials: int, workers: int, workdir: Path) -> dict[str, Any]:
-    from conserver.queue import INFLIGHT, WorkQueue
+    from conserver.queue.admin import QueueAdmin
+    from conserver.queue.keys import DEFAULT_KEYS
 
     client.flushall()
     batch = 50
@@ -98,7 +99,7 @@ def requeue(server, client, method: str, trials: int, workers: int, workdir: Pat
                    CONSERVER_STORE_SLOW_SECONDS=300, CONSERVER_STORE_TIMEOUT=600, JOB_TIMEOUT=3600,
                    CONSERVER_STORE_RETRIES=0, CONSERVER_MIN_UPTIME=3600, CONSERVER_HEARTBEAT_TIMEOUT=3600)
     c = Conserver(env, workdir, f"requeue-{method}")
-    q = WorkQueue(client, ["default"], worker_id="bench-check")
+    q = QueueAdmin(client, ["default"])
     probe = client.register_script("return {redis.call('LLEN', KEYS[1]), redis.call('EXISTS', KEYS[2])}")
     times, how = [], []
     try:
@@ -110,7 +111,7 @@ def requeue(server, client, method: str, trials: int, workers: int, workdir: Pat
             busy = wait_for(all_busy, 120, 0.005, f"{workers} workers each holding a batch")
             number = i % workers + 1
             victim = busy[number]
-            proc_key = next((k.decode() for k, v in client.hgetall(INFLIGHT).items()
+            proc_key = next((k.decode() for k, v in client.hgetall(DEFAULT_KEYS.inflight).items()
                              if v.decode().split("\n")[0].split(":")[-2] == str(victim)), None)
             assert proc_key, f"no processing list for pid {victim}"
             assert client.llen(proc_key) == batch
@@ -152,7 +153,7 @@ def term_idle(server, method: str, workers: int, reps: int, workdir: Path) -> li
 
 
 def term_busy(server, client, method: str, workers: int, reps: int, seconds: float, workdir: Path) -> list[dict]:
-    from conserver.queue import WorkQueue
+    from conserver.queue.admin import QueueAdmin
 
     out = []
     batch = 50
@@ -162,7 +163,7 @@ def term_busy(server, client, method: str, workers: int, reps: int, seconds: flo
         env = base_env(server.url, workers=workers, method=method, storages=SLOW_STORE,
                        CONSERVER_STORE_SLOW_SECONDS=seconds, CONSERVER_STORE_TIMEOUT=600, JOB_TIMEOUT=3600)
         c = Conserver(env, workdir, f"term-busy-{method}")
-        q = WorkQueue(client, ["default"], worker_id="bench-check")
+        q = QueueAdmin(client, ["default"])
         try:
             seen: dict[int, float] = {}
 

@@ -218,11 +218,11 @@ def run_rq(ctx: Ctx) -> dict[str, Any]:
 
 
 def run_conserver(ctx: Ctx) -> dict[str, Any]:
-    from conserver.queue import WorkQueue
+    from conserver.queue.admin import QueueAdmin
 
     factory = VconFactory(seed=7)
     enqueue_vcons(ctx.client, "default", ctx.jobs, factory)
-    q = WorkQueue(ctx.client, ["default"], worker_id="bench-check")
+    q = QueueAdmin(ctx.client, ["default"])
     assert q.depths()["lists"]["default"] == ctx.jobs
     env = base_env(ctx.server.url, workers=2, method=ctx.args.method, storages="null")
     c = Conserver(env, ctx.workdir, "conserver-queue")

@@ -51,9 +51,9 @@ def run_point(server, client, n: int, count: int, method: str, factory: VconFact
         w = watch_drain(client, ["default"], count, timeout=900, poll=0.005, ready=ready, on_fail=c.log_tail)
         redis_cpu = cpu_seconds(server.pid) - marks.get("redis_cpu", redis_cpu0)
         worker_cpu = sum(cpu_seconds(pid) for pid in c.workers())
-        from conserver.queue import WorkQueue
+        from conserver.queue.admin import QueueAdmin
 
-        d = WorkQueue(client, ["default"], worker_id="bench-check").depths()
+        d = QueueAdmin(client, ["default"]).depths()
     finally:
         c.stop()
     seconds = w["drained"] - w["ready"]

@@ -46,11 +46,12 @@ def cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _queue(cfg: Config, list_name: str | None = None):
-    from conserver.queue import WorkQueue, make_redis
+    from conserver.queue.admin import QueueAdmin
+    from conserver.queue.client import make_redis
 
     # CONSERVER_INGRESS_LISTS too: `enqueue` writes to its first list by default
     lists = tuple(dict.fromkeys((*cfg.ingress_lists, *cfg.ingress_lists_used, *((list_name,) if list_name else ()))))
-    return WorkQueue(make_redis(cfg, client_name="conserver-cli"), lists, worker_id="cli")
+    return QueueAdmin(make_redis(cfg, client_name="conserver-cli"), lists)
 
 
 def _read_vcons(paths: list[str]):

@@ -42,10 +42,12 @@ from typing import Any
 
 import redis
 
+from conserver.queue.keys import DEFAULT_KEYS
+
 __all__ = ["BUCKET", "TENANT", "SharedTokenBucket", "TenantSlots", "key_part"]
 
-TENANT = "conserver:tenant:"
-BUCKET = "conserver:bucket:"
+TENANT = DEFAULT_KEYS.tenant_prefix  # key names: conserver/queue/keys.py
+BUCKET = DEFAULT_KEYS.bucket_prefix
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._\-]{1,64}\Z")
 _UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9._\-]")
@@ -67,11 +69,11 @@ def key_part(name: str) -> str:
 
 
 def tenant_key(tenant: str) -> str:
-    return TENANT + key_part(tenant)
+    return DEFAULT_KEYS.tenant(key_part(tenant))
 
 
 def bucket_key(name: str) -> str:
-    return BUCKET + key_part(name)
+    return DEFAULT_KEYS.bucket(key_part(name))
 
 
 def _count(n: Any, what: str = "n") -> int:

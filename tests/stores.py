@@ -7,18 +7,28 @@ from typing import Any
 import orjson
 
 from conserver.config import Config, config_from_mapping
-from conserver.queue import WorkQueue, make_redis
+from conserver.queue.admin import QueueAdmin
+from conserver.queue.claims import WorkerClaims
+from conserver.queue.client import make_redis
+from conserver.queue.protocol import QueueSettings
 from conserver.storage import load_sinks
 from conserver.dev.samples import sample_vcon
 from tests.proc import wait_for
 
 
-def queue_for(env: dict[str, str]) -> tuple[Config, WorkQueue]:
+def queue_for(env: dict[str, str]) -> tuple[Config, QueueAdmin]:
     cfg = config_from_mapping(env)
-    return cfg, WorkQueue(make_redis(cfg), cfg.ingress_lists, worker_id="test")
+    return cfg, QueueAdmin(make_redis(cfg), cfg.ingress_lists)
 
 
-def enqueue_samples(queue: WorkQueue, n: int, list_name: str = "default", seed: int | None = None) -> list[dict]:
+def claims_for(cfg: Config, queue: QueueAdmin, worker_id: str = "test",
+               lists: tuple[str, ...] | None = None) -> WorkerClaims:
+    """The test playing a worker named ``worker_id`` (on the lists of ``cfg``, or ``lists``)."""
+    settings = QueueSettings.from_config(cfg, **({"ingress_lists": lists} if lists else {}))
+    return WorkerClaims(queue.redis, settings, worker_id)
+
+
+def enqueue_samples(queue: QueueAdmin, n: int, list_name: str = "default", seed: int | None = None) -> list[dict]:
     rng = random.Random(seed)
     vcons = [sample_vcon(rng) for _ in range(n)]
     for lo in range(0, n, 1000):
@@ -26,12 +36,12 @@ def enqueue_samples(queue: WorkQueue, n: int, list_name: str = "default", seed: 
     return vcons
 
 
-def drained(queue: WorkQueue) -> bool:
+def drained(queue: QueueAdmin) -> bool:
     d = queue.depths()
     return not any(d["lists"].values()) and d["processing"] == 0 and d["delayed"] == 0
 
 
-def wait_drained(queue: WorkQueue, timeout: float) -> None:
+def wait_drained(queue: QueueAdmin, timeout: float) -> None:
     wait_for(lambda: drained(queue), timeout, interval=0.1, what="every list, processing list and retry empty")
 
 

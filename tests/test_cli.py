@@ -9,7 +9,7 @@ import orjson
 
 from conserver.dev.samples import sample_vcon
 from tests.proc import ROOT
-from tests.stores import StoreReader, queue_for
+from tests.stores import StoreReader, claims_for, queue_for
 
 
 def cli(args: list[str], env: dict[str, str], stdin: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -44,10 +44,11 @@ def test_enqueue_file_dir_stdin_and_sample(redis_url, tmp_path):
 def test_queues_and_dlq_commands(redis_url):
     env = {"REDIS_URL": redis_url}
     cfg, queue = queue_for(env)
+    worker = claims_for(cfg, queue)
     for item in ("not-a-uuid", "also-bad"):
         queue.redis.rpush("default", item)
-        claim = queue.claim_batch(0)[0]
-        queue.dead_letter(claim, "bad_uuid", f"{item} is not a UUID")
+        claim = worker.claim_batch(0)[0]
+        worker.dead_letter(claim, "bad_uuid", f"{item} is not a UUID")
     r = cli(["queues", "--json"], env)
     assert json.loads(r.stdout)["dlq"] == {"default": 2}
     listing = cli(["dlq", "list"], env).stdout.decode()

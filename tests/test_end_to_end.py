@@ -10,7 +10,8 @@ import pytest
 
 from conserver.dev.devstack import OpenSearchServer
 from tests.proc import Conserver, title, wait_for
-from tests.stores import StoreReader, census, enqueue_samples, postgres_ids, queue_for, wait_all_stored, wait_drained
+from tests.stores import (StoreReader, census, claims_for, enqueue_samples, postgres_ids, queue_for, wait_all_stored,
+                          wait_drained)
 
 FAST_RETRIES = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": "1s", "SCHEDULER_INTERVAL": "200ms",
                 "CONSERVER_STORE_RETRIES": "1", "CONSERVER_STORE_TIMEOUT": "2s", "CIRCUIT_BREAKER_THRESHOLD": "3", "CIRCUIT_BREAKER_TIMEOUT": "1s"}
@@ -233,8 +234,6 @@ def test_claims_whose_reply_was_lost_in_a_redis_outage_are_given_back(run, make_
     """A claim the server ran while Redis went down, its reply lost: the vCons sit in a live
     worker's processing list unknown to it, and its heartbeat keeps the sweep away. After
     the outage, the worker (holding nothing) gives back whatever its lists hold."""
-    from conserver.queue import WorkQueue
-
     redis = make_redis_server(appendonly=True)
     env = {"REDIS_URL": redis.url, "CONSERVER_STORAGES": "null", "CONSERVER_ENABLE_SCHEDULER": "false"}
     cfg, queue = queue_for(env)
@@ -244,7 +243,7 @@ def test_claims_whose_reply_was_lost_in_a_redis_outage_are_given_back(run, make_
     # the lost reply: a claim made in the worker's name that the worker never saw (from a
     # list it does not serve, so only the give-back can move these vCons again)
     enqueue_samples(queue, 10, "other")
-    ghost = WorkQueue(queue.redis, ("other",), worker_id=wid).claim_batch(0)
+    ghost = claims_for(cfg, queue, wid, lists=("other",)).claim_batch(0)
     assert len(ghost) == 10 and queue.depths()["processing"] == 10
     time.sleep(1.5)
     assert queue.depths()["processing"] == 10  # a live worker's claims stay put

@@ -9,7 +9,7 @@ import pytest
 
 from conserver.autoscale import Autoscaler
 from tests.proc import Conserver, title, wait_for
-from tests.stores import enqueue_samples, queue_for, wait_drained
+from tests.stores import claims_for, enqueue_samples, queue_for, wait_drained
 
 FAULTY = "tests.faulty_store:FaultyStore"
 
@@ -103,8 +103,9 @@ def test_scheduler_only_mode_moves_due_retries(run, redis_url):
     env = {"REDIS_URL": redis_url, "SCHEDULER_INTERVAL": "200ms"}
     cfg, queue = queue_for(env)
     [vcon] = enqueue_samples(queue, 1)
-    claim = queue.claim_batch(0)[0]
-    queue.defer(claim, "simulated store error", delay=0.3)
+    worker = claims_for(cfg, queue)
+    claim = worker.claim_batch(0)[0]
+    worker.defer(claim, "simulated store error", delay=0.3)
     assert queue.depths()["delayed"] == 1
     c = run(env, ("run", "--scheduler-only"))
     wait_for(lambda: queue.depths()["lists"]["default"] == 1, 10, what="the retry moved back")

@@ -73,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"settings written to {args.env_file}; starting conserver with {args.workers} workers", flush=True)
         child = subprocess.Popen([sys.executable, "-m", "conserver", "run"], env=env)
 
-        from conserver.queue import WorkQueue, make_redis
+        from conserver.queue.admin import QueueAdmin
+        from conserver.queue.client import make_redis
         from conserver.dev.samples import sample_vcon
 
-        queue = WorkQueue(make_redis(cfg), cfg.ingress_lists, worker_id="demo")
+        queue = QueueAdmin(make_redis(cfg), cfg.ingress_lists)
         rng = random.Random()
         vcons = [sample_vcon(rng) for _ in range(args.sample)]
         started = time.monotonic()

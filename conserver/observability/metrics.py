@@ -15,14 +15,10 @@ Label values are list names, store names and reasons: never a URL, key or passwo
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypedDict
 
-import orjson
-
-ERRORS_KEY = "conserver:errors"  # the last 100 store/validation errors, for the status page
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BREAKER_STATES = {0: "closed", 1: "half_open", 2: "open"}
 
@@ -77,20 +73,6 @@ class WorkerMetrics(NullMetrics):
 
 def worker_metrics() -> NullMetrics:
     return WorkerMetrics() if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else NullMetrics()
-
-
-def record_error(redis_client: Any, uuid: str, error: str) -> None:
-    """Keep the last 100 errors in Redis for the status page (best effort)."""
-    doc = orjson.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "uuid": uuid,
-                        "error": error[:500], "pid": os.getpid()})
-    pipe = redis_client.pipeline(transaction=False)
-    pipe.lpush(ERRORS_KEY, doc)
-    pipe.ltrim(ERRORS_KEY, 0, 99)
-    pipe.execute()
-
-
-def recent_errors(redis_client: Any, n: int = 20) -> list[dict[str, Any]]:
-    return [orjson.loads(x) for x in redis_client.lrange(ERRORS_KEY, 0, n - 1)]
 
 
 class ProcessRow(TypedDict):

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from conserver.observability.metrics import ProcessRow, recent_errors
+from conserver.observability.metrics import ProcessRow
 from conserver.process.worker import BUSY, EMPTY, STATE_NAMES
 
 
@@ -68,7 +68,7 @@ def status_report(queue: Any, board: Any = None) -> dict[str, Any]:
         "workers": queue.workers(),
         "queues": queue.depths(),
         "dead_letters": queue.dlq_list(limit=20),
-        "recent_errors": recent_errors(queue.redis, 20),
+        "recent_errors": queue.recent_errors(20),
     }
     if board is not None:
         report["processes"] = board_processes(board)

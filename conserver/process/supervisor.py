@@ -9,7 +9,7 @@ One loop turn::
 Signal handlers only queue the signal and write a byte to the wake pipe; every decision
 and every log line happens in the loop. The supervisor holds no store client and no
 thread. It opens a short-lived Redis connection only to give a dead worker's claimed
-vCons back (through the task's ``recover``), and closes it again before it forks.
+vCons back (``conserver.queue.recovery.requeue_dead_worker``), and closes it again before it forks.
 
 Signals: TERM/INT drain (a second one, or QUIT, stops at once); HUP re-reads the
 configuration and replaces workers one at a time, the new one ready before the old one
@@ -39,7 +39,9 @@ from conserver.observability.logging import reopen_logs, setup_logging
 from conserver.observability.systemd import sd_notify, watchdog_interval
 from conserver.observability.titles import set_title
 from conserver.process.worker import (BUSY, EMPTY, EXIT_BOOT_ERROR, MAX_SLOTS, SERVICE_TASKS, STARTING, STATE_NAMES,
-                              Board, WorkerSpec, load_task, worker_main)
+                              Board, WorkerSpec, worker_main)
+from conserver.queue.recovery import requeue_dead_worker
+from conserver.storage import store_modules
 
 log = logging.getLogger("conserver.process.supervisor")
 
@@ -189,8 +191,9 @@ class Supervisor:
         if self.method == "spawn":
             return  # nothing to share: every worker is a new interpreter
         try:
-            modules = ["conserver.process.worker", self.cfg.pipeline.partition(":")[0]]
-            modules += load_task(self.cfg.pipeline).preload_modules(self.cfg)
+            # the pipeline module brings the fan-out and metrics; prometheus_client they import lazily
+            modules = ["conserver.process.worker", self.cfg.pipeline.partition(":")[0], "prometheus_client",
+                       *store_modules(self.cfg)]
             if self.method == "forkserver":
                 self.mp.set_forkserver_preload(modules)  # the fork server imports them, we stay lean
             else:
@@ -382,7 +385,7 @@ class Supervisor:
         if not ident:
             return
         try:
-            n = load_task(h.spec.task).recover(self.cfg, ident)
+            n = requeue_dead_worker(self.cfg, ident)
         except Exception as exc:  # Redis down: the orphan sweep recovers them after heartbeat expiry
             log.warning("could not requeue the vCons of pid %d now (%s); the orphan sweep will", h.pid, exc)
             return

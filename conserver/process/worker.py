@@ -120,19 +120,6 @@ class WorkerTask:
     def close(self) -> None:
         """Hand back claimed but unstarted work; release what ``open`` built."""
 
-    @classmethod
-    def preload_modules(cls, config: Config) -> list[str]:
-        """Modules the supervisor (fork) or the fork server imports once before starting
-        workers (gunicorn's preload), so workers start in milliseconds and share those
-        pages. Importing them must create no client, thread or socket."""
-        return []
-
-    @classmethod
-    def recover(cls, config: Config, ident: str) -> int:
-        """Runs in the supervisor after a worker with this ``ident`` died: give its claimed
-        work back. Returns how many items were given back."""
-        return 0
-
 
 class WorkerContext:
     """What a task sees of its process: settings, identity, the stop flag and the slot."""
@@ -150,6 +137,8 @@ class WorkerContext:
 
     # --- reporting to the supervisor (hot path: plain attribute stores) ---
     def set_ident(self, ident: str) -> None:
+        """The queue worker id this process claims under: when it dies, the supervisor gives
+        that id's claims back (conserver.queue.recovery.requeue_dead_worker)."""
         self.slot.ident = ident.encode()[:159]
 
     def busy(self, current: str) -> None:

@@ -16,6 +16,7 @@ from conserver.storage.base import (
     http_status_is_transient,
     load_sinks,
     sink_class,
+    store_modules,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "http_status_is_transient",
     "load_sinks",
     "sink_class",
+    "store_modules",
 ]

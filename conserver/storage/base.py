@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_SINKS", "BatchResult", "Sink", "StoreError", "dedupe", "default_is_transient", "http_status_is_transient",
-    "load_sinks", "sink_class",
+    "load_sinks", "sink_class", "store_modules",
 ]
 
 # uuid -> None (committed) or the error for that vCon
@@ -150,3 +150,10 @@ def load_sinks(names: Iterable[str], config: "Config") -> list[Sink]:
         sink.name = name
         sinks.append(sink)
     return sinks
+
+
+def store_modules(config: "Config") -> list[str]:
+    """The modules of every store the pools of ``config`` name, as import paths (nothing is
+    imported here): what the supervisor preloads before it forks."""
+    names = dict.fromkeys(s for p in config.pools for s in p.storages)
+    return [BUILTIN_SINKS.get(name, name).partition(":")[0] for name in names]

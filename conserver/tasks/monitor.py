@@ -20,6 +20,8 @@ import orjson
 
 from conserver.observability import metrics, status
 from conserver.process.worker import WorkerTask, pid_alive
+from conserver.queue.admin import QueueAdmin
+from conserver.queue.client import make_redis
 
 log = logging.getLogger("conserver.tasks.monitor")
 
@@ -28,12 +30,10 @@ class MonitorTask(WorkerTask):
     """Serves HTTP on a thread of its own (this process never forks) and logs the metrics line."""
 
     def open(self) -> None:
-        from conserver.queue import WorkQueue, make_redis
-
         cfg = self.ctx.config
         self.board = self.ctx.board
         self.redis = make_redis(cfg, client_name="conserver-monitor", socket_timeout=2.0, retries=1)
-        self.queue = WorkQueue(self.redis, cfg.ingress_lists_used, worker_id="monitor")
+        self.queue = QueueAdmin(self.redis, cfg.ingress_lists_used)
         self.collector = metrics.Aggregator(metrics.LiveInputs(
             workers=lambda: status.board_workers(self.board),
             supervisor=lambda: metrics.SupervisorCounts(self.board.target_workers, self.board.restarts),

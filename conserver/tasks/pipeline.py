@@ -27,16 +27,19 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
-import redis
-
-from conserver.observability.metrics import record_error
-from conserver.queue import Claim, WorkQueue, make_redis, make_worker_id
-from conserver.vcon import InvalidVcon, Vcon
+from conserver.fanout import Action, Fanout, decide
+from conserver.limits import SharedTokenBucket, TenantSlots
+from conserver.observability.metrics import worker_metrics
 from conserver.process.worker import WorkerTask
+from conserver.queue.claims import WorkerClaims
+from conserver.queue.client import REDIS_DOWN, make_redis, make_worker_id
+from conserver.queue.keys import DEFAULT_KEYS, KeyLayout
+from conserver.queue.protocol import Claim, QueueSettings
+from conserver.storage import load_sinks
+from conserver.vcon import InvalidVcon, Vcon, check_uuid, parse_vcon
 
 log = logging.getLogger("conserver.tasks.pipeline")
 T = TypeVar("T")
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
 
 
 class _RedisBackoff:
@@ -61,6 +64,20 @@ class _RedisBackoff:
                 delay = min(delay * 2, 5.0)
 
 
+def vcon_of(claim: Claim, max_bytes: int, keys: KeyLayout = DEFAULT_KEYS) -> Vcon:
+    """The claim's vCon, validated, or :class:`InvalidVcon` (``missing_body`` when the body
+    key is gone or holds something other than JSON)."""
+    if claim.inline:
+        return parse_vcon(claim.item, None, max_bytes)
+    check_uuid(claim.uuid, "list item")  # unsafe or bad before anything is derived from it
+    if claim.status == "too_large":
+        raise InvalidVcon("too_large", f"{keys.body(claim.uuid)} is {claim.size} bytes, the limit is {max_bytes}")
+    if claim.body is None:
+        what = "is not a JSON string" if claim.status == "wrongtype" else "is missing or expired"
+        raise InvalidVcon("missing_body", f"{keys.body(claim.uuid)} {what}")
+    return parse_vcon(claim.body, claim.uuid, max_bytes)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 300 else text[:300] + "..."
@@ -70,14 +87,9 @@ class StorePipeline(WorkerTask):
     """Claim a batch, validate it, write it to every store, acknowledge it."""
 
     def open(self) -> None:
-        from conserver.fanout import Fanout  # store clients load in the worker only
-        from conserver.limits import SharedTokenBucket, TenantSlots
-        from conserver.observability.metrics import worker_metrics
-        from conserver.storage import load_sinks
-
         cfg, pool = self.ctx.config, self.ctx.pool
         self.redis = make_redis(cfg, client_name=f"conserver-worker-{self.ctx.number}")
-        self.queue = WorkQueue.from_config(self.redis, cfg, pool, worker_id=make_worker_id())
+        self.queue = self.open_queue()
         self.ctx.set_ident(self.queue.worker_id)
         self.retry = _RedisBackoff(self.ctx)
         self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
@@ -106,6 +118,11 @@ class StorePipeline(WorkerTask):
         self.beater = threading.Thread(target=self._beat_loop, args=(cfg.worker_heartbeat_ttl / 3,),
                                        name="heartbeat", daemon=True)
         self.beater.start()
+
+    def open_queue(self) -> WorkerClaims:
+        """This worker's side of the queue, in a fresh worker identity. The one seam where a
+        unit test puts the in-memory queue (conserver.queue.memory) instead."""
+        return WorkerClaims(self.redis, QueueSettings.from_config(self.ctx.config, self.ctx.pool), make_worker_id())
 
     def _beat_loop(self, every: float) -> None:
         while not self.beating.wait(every):
@@ -163,9 +180,10 @@ class StorePipeline(WorkerTask):
         started = time.monotonic()
         ctx.busy(claims[0].uuid or claims[0].item_id)
         valid: list[tuple[Claim, Vcon]] = []
+        max_bytes = ctx.config.max_vcon_bytes
         for claim in claims:
             try:
-                valid.append((claim, self.queue.parse(claim)))
+                valid.append((claim, vcon_of(claim, max_bytes)))
             except InvalidVcon as bad:
                 self.dead_letter(claim, bad.reason, bad.detail)
         valid = self.admit(valid)
@@ -211,7 +229,6 @@ class StorePipeline(WorkerTask):
 
     def store(self, valid: list[tuple[Claim, Vcon]]) -> tuple[int, int]:
         """Fan out, then resolve each vCon: ack, defer (retry later) or dead-letter."""
-        from conserver.fanout import Action, decide  # not at module level: the supervisor imports this module
         already = {v.uuid: c.done for c, v in valid if c.done}
         outcomes = self.fanout.store_batch([v for _, v in valid], already)
         acks: list[Claim] = []
@@ -250,7 +267,7 @@ class StorePipeline(WorkerTask):
 
     def _record_error(self, uuid: str, error: str) -> None:
         try:
-            record_error(self.redis, uuid, error)
+            self.queue.record_error(uuid, error)
         except REDIS_DOWN:
             pass  # only for the status page
 
@@ -268,20 +285,3 @@ class StorePipeline(WorkerTask):
             if n:
                 log.info("handed back %d claimed vCons on exit", n)
             self.redis.close()
-
-    @classmethod
-    def preload_modules(cls, config: Any) -> list[str]:
-        from conserver.storage.base import BUILTIN_SINKS
-
-        names = ["conserver.fanout", "conserver.observability.metrics", "prometheus_client"]
-        for store in config.stores_used:
-            names.append(BUILTIN_SINKS.get(store, store).partition(":")[0])
-        return names
-
-    @classmethod
-    def recover(cls, config: Any, ident: str) -> int:
-        client = make_redis(config, socket_timeout=2.0, retries=1, client_name="conserver-master")
-        try:
-            return WorkQueue(client, config.ingress_lists, worker_id=ident).requeue_processing(ident)
-        finally:
-            client.close()

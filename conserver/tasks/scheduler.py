@@ -10,8 +10,8 @@ import logging
 import time
 
 from conserver.process.worker import WorkerTask
-from conserver.queue import LeaderLock, WorkQueue, make_redis, make_worker_id
-from conserver.tasks.pipeline import REDIS_DOWN
+from conserver.queue.client import REDIS_DOWN, make_redis, make_worker_id
+from conserver.queue.recovery import LeaderLock, Recovery
 
 log = logging.getLogger("conserver.tasks.scheduler")
 
@@ -25,12 +25,17 @@ class SchedulerTask(WorkerTask):
     def open(self) -> None:
         cfg = self.ctx.config
         self.redis = make_redis(cfg, client_name="conserver-scheduler")
-        self.queue = WorkQueue(self.redis, cfg.ingress_lists, worker_id=make_worker_id())
-        self.lock = LeaderLock(self.redis, "scheduler", owner=self.queue.worker_id,
-                               ttl=max(5.0, 5 * cfg.scheduler_interval))
+        self.recovery, self.lock = self.open_queue()
         self.interval = cfg.scheduler_interval
         self.next_sweep = self.next_scan = 0.0  # a sweep (with a scan) also runs at start
         self.leader = False
+
+    def open_queue(self) -> tuple[Recovery, LeaderLock]:
+        """What the scheduler acts with, and the lock that says when. The one seam where a
+        unit test puts the in-memory queue (conserver.queue.memory) instead."""
+        cfg = self.ctx.config
+        lock = LeaderLock(self.redis, "scheduler", owner=make_worker_id(), ttl=max(5.0, 5 * cfg.scheduler_interval))
+        return Recovery(self.redis, cfg.ingress_lists), lock
 
     def run_once(self) -> None:
         try:
@@ -39,7 +44,7 @@ class SchedulerTask(WorkerTask):
                 self.leader = leader
                 log.info("scheduler %s the leader", "is now" if leader else "is no longer")
             if leader:
-                moved = self.queue.move_due()
+                moved = self.recovery.move_due()
                 if moved:
                     log.info("moved %d due retries back to their lists", moved)
                 now = time.monotonic()
@@ -48,7 +53,7 @@ class SchedulerTask(WorkerTask):
                     scan = now >= self.next_scan
                     if scan:
                         self.next_scan = now + self.SCAN_EVERY
-                    self.queue.sweep_orphans(scan=scan)
+                    self.recovery.sweep_orphans(scan=scan)
         except REDIS_DOWN as exc:
             log.warning("scheduler: redis unavailable (%s)", exc)
         self.ctx.heartbeat()

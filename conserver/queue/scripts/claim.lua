@@ -1,0 +1,97 @@
+-- Claim one batch from the first non-empty list of a preference order.
+-- KEYS[1] claim-token key, KEYS[1+i] ingress list i, KEYS[1+n+i] its processing list (i = 1..n)
+-- ARGV: n, batch, max_deliveries, max_bytes, worker, now (ISO), token, preference "2,1,3",
+--       '1' to report which lists are non-empty (weighted choice), max bytes of bodies per batch
+-- -> {moved, list index, non-empty flags, {claim rows, flat}, {poisoned {item, deliveries}}}
+--    claim row (7 values): item, body|nil, deliveries, status code, size, attempts, "store,store" done
+-- Hot path: a handful of calls per batch (HMGET, MGET, HSET), none per item in the common case.
+local n, batch, maxd, maxb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local worker, now, token, maxbatch = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[10])
+
+-- counters, attempts and bodies of a list of items, in as few calls as possible
+local function lookup(items)
+  local ids, keys = {}, {}
+  for i, item in ipairs(items) do
+    ids[i] = item_id(item)
+    keys[i] = string.byte(item, 1) == 123 and '' or BODY .. item
+  end
+  return ids, mcall('HMGET', DELIVERIES, ids), mcall('HMGET', ATTEMPTS, ids), mcall('MGET', nil, keys)
+end
+
+-- append one claim row (7 values) to out; returns the body's size
+local function row(out, item, id, d, att, body)
+  local k, code, size = #out, 0, 0
+  local done = ''
+  if string.byte(item, 1) == 123 then
+    code, size, body = 4, #item, false
+  else
+    -- store marks can only exist after an earlier delivery (a crash, or a defer that left att)
+    if id == item and (d > 1 or att) then
+      done = table.concat(redis.call('HKEYS', STORED .. string.lower(item)), ',')
+    end
+    if not body then  -- MGET gives nil for a missing key and for a non-string value alike
+      code = redis.call('EXISTS', BODY .. item) == 1 and 3 or 1
+    elseif maxb > 0 and #body > maxb then
+      code, size, body = 2, #body, false
+    else
+      size = #body
+    end
+  end
+  out[k + 1], out[k + 2], out[k + 3], out[k + 4] = item, body, d, code
+  out[k + 5], out[k + 6], out[k + 7] = size, tonumber(att or '0'), done
+  return size
+end
+
+-- a re-run of a claim whose reply was lost: hand back the same batch
+local prev = redis.call('GET', KEYS[1])
+if prev then
+  local tok, idx, cnt = string.match(prev, '^(.-)|(%d+)|(%d+)$')
+  if tok == token then
+    idx, cnt = tonumber(idx), tonumber(cnt)
+    local items = redis.call('LRANGE', KEYS[1 + n + idx], -cnt, -1)
+    local ids, dl, at, bodies = lookup(items)
+    local out = {}
+    for i, item in ipairs(items) do row(out, item, ids[i], tonumber(dl[i] or '1'), at[i], bodies[i]) end
+    return {#items, idx, '', out, {}}
+  end
+end
+
+local flags = ''
+if ARGV[9] == '1' then
+  for i = 1, n do flags = flags .. (redis.call('LLEN', KEYS[1 + i]) > 0 and '1' or '0') end
+end
+for idx in string.gmatch(ARGV[8], '%d+') do
+  idx = tonumber(idx)
+  local src, proc = KEYS[1 + idx], KEYS[1 + n + idx]
+  local items = redis.call('LRANGE', src, 0, batch - 1)
+  if #items > 0 then
+    local ids, dl, at, bodies = lookup(items)
+    local kept, out, poisoned, counts, sets, taken, bytes = {}, {}, {}, {}, {}, 0, 0
+    for i, item in ipairs(items) do
+      taken = i
+      local id = ids[i]
+      local d = (counts[id] or tonumber(dl[i] or '0')) + 1
+      counts[id] = d
+      if d > maxd then
+        bury(src, item, id, 'poison', 'claimed ' .. d .. ' times and never acked, deferred or dead-lettered',
+             at[i] or '0', d, worker, now)
+        poisoned[#poisoned + 1] = {item, d}
+      else
+        kept[#kept + 1] = item
+        sets[#sets + 1] = id
+        sets[#sets + 1] = d
+        bytes = bytes + row(out, item, id, d, at[i], bodies[i])
+        if bytes >= maxbatch then break end  -- a reply of bounded size, however big the bodies
+      end
+    end
+    redis.call('LTRIM', src, taken, -1)
+    if #kept > 0 then
+      for lo = 1, #sets, 1000 do redis.call('HSET', DELIVERIES, unpack(sets, lo, math.min(#sets, lo + 999))) end
+      push_back(proc, kept)
+      redis.call('HSET', INFLIGHT, proc, worker .. '\n' .. src)
+      redis.call('SET', KEYS[1], token .. '|' .. idx .. '|' .. #kept, 'EX', 86400)
+    end
+    return {taken, idx, flags, out, poisoned}
+  end
+end
+return {0, 0, flags, {}, {}}
