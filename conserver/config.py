@@ -90,6 +90,8 @@ class Config:
     scheduler_interval: float = 1.0
     worker_heartbeat_ttl: float = 30.0
     max_vcon_bytes: int = 16 * 1024 * 1024
+    strict_vcon: bool = False  # dead-letter vCons that break a rule of the draft (conserver/vcon.py RULES)
+    supported_extensions: tuple[str, ...] = ()  # what a vCon's `critical` may name (draft §4.1.4)
     default_tenant_concurrency: int = 0
     tenant_slot_ttl: float = 300.0
     rate_limits: tuple[tuple[str, float, float], ...] = ()  # (store, per second, burst)
@@ -400,6 +402,9 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
     c["scheduler_interval"] = parse_duration("SCHEDULER_INTERVAL", get("SCHEDULER_INTERVAL", "1s"), "s", 0.1, 60)
     c["worker_heartbeat_ttl"] = parse_duration("CONSERVER_WORKER_HEARTBEAT_TTL", get("CONSERVER_WORKER_HEARTBEAT_TTL", "30s"), "s", 1, 3600)
     c["max_vcon_bytes"] = parse_int("CONSERVER_MAX_VCON_BYTES", get("CONSERVER_MAX_VCON_BYTES", str(16 * 1024 * 1024)), 1024, 512 * 1024 * 1024)
+    c["strict_vcon"] = parse_bool("CONSERVER_STRICT_VCON", get("CONSERVER_STRICT_VCON", "false"))
+    c["supported_extensions"] = tuple(dict.fromkeys(
+        name.strip() for name in get("CONSERVER_SUPPORTED_EXTENSIONS", "").split(",") if name.strip()))
     c["default_tenant_concurrency"] = parse_int("DEFAULT_TENANT_CONCURRENCY", get("DEFAULT_TENANT_CONCURRENCY", "0"), 0, 1 << 20)
     c["tenant_slot_ttl"] = parse_duration("CONSERVER_TENANT_SLOT_TTL", get("CONSERVER_TENANT_SLOT_TTL", "5m"), "s", 1, 86400)
     c["rate_limits"] = opt("CONSERVER_RATE_LIMITS", parse_rate_limits_setting, ())

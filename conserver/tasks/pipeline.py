@@ -70,6 +70,7 @@ class StorePipeline(WorkerTask):
     """Claim a batch, validate it, write it to every store, acknowledge it."""
 
     def open(self) -> None:
+        from conserver.conformance import Conformance
         from conserver.fanout import Fanout  # store clients load in the worker only
         from conserver.limits import SharedTokenBucket, TenantSlots
         from conserver.observability.metrics import worker_metrics
@@ -83,6 +84,7 @@ class StorePipeline(WorkerTask):
         self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
         self.sinks = load_sinks(pool.storages, cfg)
         self.metrics = worker_metrics()
+        self.conformance = Conformance.from_config(cfg)
         self.tenants = TenantSlots(self.redis, cfg.default_tenant_concurrency, ttl=cfg.tenant_slot_ttl)
         buckets = {store: SharedTokenBucket(self.redis, f"store:{store}", rate, burst)
                    for store, rate, burst in cfg.rate_limits}
@@ -166,7 +168,7 @@ class StorePipeline(WorkerTask):
         valid: list[tuple[Claim, Vcon]] = []
         for claim in claims:
             try:
-                valid.append((claim, self.queue.parse(claim)))
+                valid.append((claim, self.conformance.admit(self.queue.parse(claim))))
             except InvalidVcon as bad:
                 self.dead_letter(claim, bad.reason, bad.detail)
         valid = self.admit(valid)
