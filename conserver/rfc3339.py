@@ -36,13 +36,13 @@ _BASIC = re.compile(r"\d{8}T\d{2}", re.ASCII)
 _OFFSET_NO_COLON = re.compile(r".*\d[+-]\d{2}(\d{2})?\Z", re.ASCII | re.DOTALL)
 
 # Every defect read() can name, with what it means.
-DEFECTS = {
+DEFECTS = {  # (phrased to follow "has")
     "no_offset": "no UTC offset (read as UTC)",
     "date_only": "a date without a time (read as midnight UTC)",
     "space_separator": "a space instead of 'T' between date and time",
     "offset_format": "an offset without a colon (+0000 or +00)",
-    "basic_format": "ISO 8601 basic format (no '-' and ':')",
-    "not_normalised": "lower case 't'/'z' or an all-zero fraction (RFC 8620 §1.4)",
+    "basic_format": "the ISO 8601 basic format (no '-' and ':')",
+    "not_normalised": "a lower case 't' or 'z', or an all-zero fraction (RFC 8620 §1.4)",
     "not_rfc3339": "another ISO 8601 form (no seconds, a week date, ...)",
 }
 

@@ -66,8 +66,8 @@ REASONS = {
 # Departures from the draft that a vCon is stored with (a stable vocabulary: the metric's
 # rule label, and the dead-letter reason under CONSERVER_STRICT_VCON).
 RULES = {
-    **{f"created_at_{d}": f"§4.1.5, §2.2: created_at is {t}" for d, t in rfc3339.DEFECTS.items()},
-    **{f"updated_at_{d}": f"§4.1.6, §2.2: updated_at is {t}" for d, t in rfc3339.DEFECTS.items()},
+    **{f"created_at_{d}": f"§4.1.5, §2.2: created_at has {t}" for d, t in rfc3339.DEFECTS.items()},
+    **{f"updated_at_{d}": f"§4.1.6, §2.2: updated_at has {t}" for d, t in rfc3339.DEFECTS.items()},
     "updated_at_not_a_date": "§4.1.6, §2.2: updated_at is no date at all",
     "vcon_version": '§4.1.1: vcon (deprecated) is present but not "0.4.0": an older draft\'s syntax',
     "extensions_type": "§4.1.3: extensions is not an array of strings",
