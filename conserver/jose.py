@@ -69,15 +69,7 @@ def open_envelope(doc: dict, max_bytes: int) -> Envelope:
 
 
 def _read_jws(doc: dict, env: Envelope, max_bytes: int) -> None:
-    if "signatures" in doc:
-        signatures = doc["signatures"]
-        if type(signatures) is not list or not signatures:
-            env.rules.append("jws_signature")
-            signatures = []
-    else:
-        env.rules.append("jose_flattened")
-        signatures = [doc]
-    for i, sig in enumerate(signatures):
+    for i, sig in enumerate(_entries(doc, "signatures", "jws_signature", env)):
         if type(sig) is not dict:
             env.rules.append("jws_signature")
             continue
@@ -109,15 +101,7 @@ def _read_jwe(doc: dict, env: Envelope) -> None:
             env.claimed_uuids.append(("unprotected header", unprotected["uuid"]))
     elif unprotected is not None or type(protected) is not dict:
         env.rules.append("jwe_members")  # §5.3.1 (cty, enc, uuid) needs a header to live in
-    if "recipients" in doc:
-        recipients = doc["recipients"]
-        if type(recipients) is not list or not recipients:
-            env.rules.append("jwe_members")
-            recipients = []
-    else:
-        env.rules.append("jose_flattened")
-        recipients = [doc]
-    for i, recipient in enumerate(recipients):
+    for i, recipient in enumerate(_entries(doc, "recipients", "jwe_members", env)):
         # §5.3.2: a Recipient Object has a header and an encrypted_key.
         if type(recipient) is not dict or type(recipient.get("encrypted_key")) is not str:
             env.rules.append("jwe_members")
@@ -126,6 +110,19 @@ def _read_jwe(doc: dict, env: Envelope) -> None:
         if type(header) is dict and "uuid" in header:
             env.claimed_uuids.append((f"recipient {i}'s header", header["uuid"]))
     env.rules[:] = dict.fromkeys(env.rules)
+
+
+def _entries(doc: dict, member: str, rule: str, env: Envelope) -> list:
+    """The signatures or recipients: the general serialization's array, or the top level
+    itself in the flattened one (RFC 7515 and RFC 7516 §7.2.2)."""
+    if member not in doc:
+        env.rules.append("jose_flattened")
+        return [doc]
+    entries = doc[member]
+    if type(entries) is not list or not entries:
+        env.rules.append(rule)
+        return []
+    return entries
 
 
 def _protected(holder: dict, env: Envelope) -> Any:

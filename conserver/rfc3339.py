@@ -30,6 +30,9 @@ _ZERO = timedelta(0)
 # RFC 3339 §5.6 date-time; §5.6's NOTE allows lower case "t" and "z" (JMAP's normal form does not).
 _DATE_TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
+# The common case, a conforming Date in normal form, on its own: no capture, no second 60,
+# no all-zero fraction, upper case letters.
+_NORMAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:[0-5]\d(?:\.\d*[1-9])?(?:Z|[+-]\d{2}:\d{2})\Z", re.ASCII)
 _DATE_ONLY = re.compile(r"\d{4}-?\d{2}-?\d{2}\Z", re.ASCII)
 _EXTENDED_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _BASIC = re.compile(r"\d{8}T\d{2}", re.ASCII)
@@ -49,6 +52,8 @@ DEFECTS = {  # (phrased to follow "has")
 
 def read(text: str) -> tuple[datetime, tuple[str, ...]]:
     """``text`` as a tz-aware UTC datetime and its defects (see :data:`DEFECTS`)."""
+    if _NORMAL.match(text):
+        return _utc(datetime.fromisoformat(text)), ()
     m = _DATE_TIME.match(text)
     if m is None:
         return _read_other(text)

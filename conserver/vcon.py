@@ -17,8 +17,8 @@ The contract the stores build on, per form (§5.4 tells the forms apart)::
       (JWE §5.3) (§5.3.1 unprotected; protected;     reveal: {"uuid": ...}     inside the
                  recipients' headers), all equal                               ciphertext
 
-``raw`` is always the bytes exactly as received (for a signed or encrypted vCon: the
-envelope, which §5.3 says must be kept); ``tenant`` and ``subject`` are read from ``data``.
+``raw`` is always the bytes exactly as received (for a signed or encrypted vCon, the
+envelope: §5.3 says the signed form MUST be maintained); ``tenant`` and ``subject`` are read from ``data``.
 ``created_at`` is a tz-aware UTC datetime for the unsigned and signed forms. ``critical``
 holds the extensions the vCon requires (§4.1.4; unknown for the encrypted form). Signatures
 are not verified and nothing is decrypted: no keys are configured here.
@@ -41,7 +41,7 @@ from typing import Any, Collection
 import orjson
 
 from conserver import rfc3339
-from conserver.jose import EnvelopeError, open_envelope
+from conserver.jose import Envelope, EnvelopeError, open_envelope
 
 REVISION = "draft-ietf-vcon-vcon-core-03"
 
@@ -161,29 +161,14 @@ def parse_vcon(raw: bytes | bytearray | memoryview | str, item_uuid: str | None,
         raise InvalidVcon("too_large", f"{len(raw)} bytes, the limit is {max_bytes}")
     expected = check_uuid(item_uuid, "list item") if item_uuid is not None else None
     data = _loads(raw)
-    try:
-        envelope = open_envelope(data, max_bytes)
-    except EnvelopeError as exc:
-        raise InvalidVcon(exc.reason, exc.detail) from None
-    form, rules = envelope.form, list(envelope.rules)
-    if form == "encrypted":
-        vuuid = _claimed_uuid(envelope.claimed_uuids, expected)
-        return Vcon(vuuid, {"uuid": vuuid}, raw, None, form, tuple(rules))
-    body, claimed = data, []
-    for _ in range(_MAX_JWS_NESTING):  # §5.2.3: a re-signed vCon is a JWS whose payload is the JWS
-        if envelope.form == "unsigned":
-            break
+    form, body, claimed, rules = "unsigned", data, [], []
+    if "payload" in data or "ciphertext" in data:  # perhaps signed or encrypted (§5.4)
+        envelope = _open(data, max_bytes)
         if envelope.form == "encrypted":
-            raise InvalidVcon("bad_payload", "a JWS payload that is a JWE (§5.3 encrypts the signed form, not the reverse)")
-        claimed += envelope.claimed_uuids
-        body = _payload_object(envelope.payload)
-        try:
-            envelope = open_envelope(body, max_bytes)
-        except EnvelopeError as exc:
-            raise InvalidVcon(exc.reason, exc.detail) from None
-        rules += envelope.rules
-    else:
-        raise InvalidVcon("bad_payload", f"JWS payloads nested more than {_MAX_JWS_NESTING} deep")
+            vuuid = _claimed_uuid(envelope.claimed_uuids, expected)
+            return Vcon(vuuid, {"uuid": vuuid}, raw, None, "encrypted", tuple(envelope.rules))
+        form = envelope.form
+        body, claimed, rules = _unwrap(data, envelope, max_bytes)
     vuuid = _body_uuid(body, expected, item_uuid, "the JWS payload's uuid" if form == "signed" else "uuid")
     for where, value in claimed:
         if check_uuid(value, where) != vuuid:
@@ -192,7 +177,7 @@ def parse_vcon(raw: bytes | bytearray | memoryview | str, item_uuid: str | None,
     _check_types(body)
     _check_members(body, rules)
     critical = _critical(body, rules)
-    vcon = Vcon(vuuid, body, raw, created_at, form, tuple(dict.fromkeys(rules)), critical)
+    vcon = Vcon(vuuid, body, raw, created_at, form, tuple(dict.fromkeys(rules)) if rules else (), critical)
     if supported_extensions is not None:
         check_critical(vcon, supported_extensions)
     return vcon
@@ -205,6 +190,30 @@ def check_critical(vcon: Vcon, supported: Collection[str]) -> None:
     if missing:
         raise InvalidVcon("unsupported_critical",
                           f"critical names {', '.join(map(repr, missing))}, not in CONSERVER_SUPPORTED_EXTENSIONS")
+
+
+def _open(doc: dict, max_bytes: int) -> Envelope:
+    try:
+        return open_envelope(doc, max_bytes)
+    except EnvelopeError as exc:
+        raise InvalidVcon(exc.reason, exc.detail) from None
+
+
+def _unwrap(doc: dict, envelope: Envelope, max_bytes: int) -> tuple[dict, list[tuple[str, Any]], list[str]]:
+    """The unsigned vCon inside ``doc`` (``doc`` itself if unsigned), the uuids the JWS
+    headers on the way claim, and the rules broken on the way."""
+    claimed: list[tuple[str, Any]] = []
+    rules = list(envelope.rules)
+    for _ in range(_MAX_JWS_NESTING):  # §5.2.3: a re-signed vCon is a JWS whose payload is the JWS
+        if envelope.form == "unsigned":
+            return doc, claimed, rules
+        if envelope.form == "encrypted":
+            raise InvalidVcon("bad_payload", "a JWS payload that is a JWE (§5.3 encrypts the signed form, not the reverse)")
+        claimed += envelope.claimed_uuids
+        doc = _payload_object(envelope.payload)
+        envelope = _open(doc, max_bytes)
+        rules += envelope.rules
+    raise InvalidVcon("bad_payload", f"JWS payloads nested more than {_MAX_JWS_NESTING} deep")
 
 
 def _loads(raw: bytes) -> dict:
@@ -263,7 +272,8 @@ def _created_at(value: Any, rules: list[str]) -> datetime:
         when, defects = rfc3339.read(value)
     except (ValueError, OverflowError) as exc:
         raise InvalidVcon("bad_created_at", f"created_at {_preview(value)}: {exc}") from None
-    rules.extend(f"created_at_{d}" for d in defects)
+    if defects:
+        rules.extend(f"created_at_{d}" for d in defects)
     return when
 
 
@@ -280,8 +290,9 @@ def _check_types(body: dict) -> None:
             continue
         if type(items) is not list:
             raise InvalidVcon("wrong_type", f"{name} is {_type_name(items)}, not an array")
-        for i, element in enumerate(items):
+        for element in items:
             if type(element) is not dict:
+                i = next(i for i, e in enumerate(items) if type(e) is not dict)
                 raise InvalidVcon("wrong_type", f"{name}[{i}] is {_type_name(element)}, not an object")
     for name in ("vcon", "subject"):  # §4.1.1, §4.1.7: strings
         value = body.get(name)
