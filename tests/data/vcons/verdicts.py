@@ -88,7 +88,14 @@ def write_manifest(entries: list[dict]) -> None:
     """MANIFEST.json: each entry's file and sources, and the verdict judged afresh."""
     judged = [{"file": e["file"], "sources": e["sources"], **verdict_for(e["file"], (HERE / e["file"]).read_bytes())}
               for e in sorted(entries, key=lambda e: e["file"])]
-    (HERE / "MANIFEST.json").write_text(json.dumps(judged, indent=1, ensure_ascii=False) + "\n")
+    (HERE / "MANIFEST.json").write_text("[\n" + ",\n".join(map(_entry_json, judged)) + "\n]\n")
+
+
+def _entry_json(entry: dict) -> str:
+    """One entry: its verdict on the first line, one line per source."""
+    head = json.dumps({k: v for k, v in entry.items() if k != "sources"}, ensure_ascii=False)
+    sources = ",\n  ".join(json.dumps(s) for s in entry["sources"])
+    return f'{head[:-1]},\n "sources": [\n  {sources}]}}'
 
 
 def read_manifest() -> list[dict]:
