@@ -95,12 +95,11 @@ def _read_jwe(doc: dict, env: Envelope) -> None:
     protected = _protected(doc, env)
     if type(protected) is dict and "uuid" in protected:
         env.claimed_uuids.append(("protected header", protected["uuid"]))
-    unprotected = doc.get("unprotected")
-    if type(unprotected) is dict:
-        if "uuid" in unprotected:
-            env.claimed_uuids.append(("unprotected header", unprotected["uuid"]))
-    elif unprotected is not None or type(protected) is not dict:
-        env.rules.append("jwe_members")  # §5.3.1 (cty, enc, uuid) needs a header to live in
+    unprotected = doc.get("unprotected")  # §5.3.1: cty, enc and the uuid
+    if type(unprotected) is not dict:
+        env.rules.append("jwe_members")
+    elif "uuid" in unprotected:
+        env.claimed_uuids.append(("unprotected header", unprotected["uuid"]))
     for i, recipient in enumerate(_entries(doc, "recipients", "jwe_members", env)):
         # §5.3.2: a Recipient Object has a header and an encrypted_key.
         if type(recipient) is not dict or type(recipient.get("encrypted_key")) is not str:

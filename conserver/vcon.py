@@ -169,7 +169,7 @@ def parse_vcon(raw: bytes | bytearray | memoryview | str, item_uuid: str | None,
             return Vcon(vuuid, {"uuid": vuuid}, raw, None, "encrypted", tuple(envelope.rules))
         form = envelope.form
         body, claimed, rules = _unwrap(data, envelope, max_bytes)
-    vuuid = _body_uuid(body, expected, item_uuid, "the JWS payload's uuid" if form == "signed" else "uuid")
+    vuuid = _body_uuid(body, expected, item_uuid, "uuid (in the JWS payload)" if form == "signed" else "uuid")
     for where, value in claimed:
         if check_uuid(value, where) != vuuid:
             raise InvalidVcon("uuid_mismatch", f"{where} {_preview(str(value))} is not the payload's {vuuid}")

@@ -162,6 +162,8 @@ def test_encrypted_refusals(doc, expected):
     ({**jwe(), "recipients": [{"header": {}}]}, ("jwe_members",)),  # no encrypted_key
     ({**jwe(), "unprotected": "x", "protected": b64(b'{"uuid": "%s"}' % UUID.encode())}, ("jwe_members",)),
     ({**jwe(), "protected": "!!"}, ("jose_protected_header",)),
+    ({**{k: v for k, v in jwe().items() if k != "unprotected"},
+      "protected": b64(b'{"alg": "RSA-OAEP", "uuid": "%s"}' % UUID.encode())}, ("jwe_members",)),
     ({k: v for k, v in {**jwe(), "encrypted_key": "AA"}.items() if k != "recipients"}, ("jose_flattened",)),
 ])
 def test_encrypted_departures_are_stored_and_named(doc, rules):
