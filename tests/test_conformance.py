@@ -70,6 +70,16 @@ def test_strict_dead_letters_with_the_first_rule_and_still_counts():
     assert gate.admit(ok) is ok
 
 
+def test_encrypted_vcons_wait_in_the_dead_letters_until_the_stores_can_file_them():
+    raw = orjson.dumps({"unprotected": {"uuid": "019f15a6-a752-826f-b9a2-279e0d16bc46"}, "recipients": [],
+                        "iv": "AA", "ciphertext": "AA", "tag": "AA"})
+    v = parse_vcon(raw, None, 0)
+    assert v.form == "encrypted" and v.created_at is None
+    with pytest.raises(InvalidVcon) as info:
+        Conformance().admit(v)
+    assert info.value.reason == "form_not_stored"
+
+
 def test_critical_is_checked_against_the_setting():
     cfg = config_from_mapping({"CONSERVER_SUPPORTED_EXTENSIONS": "x-redact, x-lawful", "CONSERVER_STRICT_VCON": "true"})
     assert (cfg.supported_extensions, cfg.strict_vcon) == (("x-redact", "x-lawful"), True)
@@ -102,13 +112,16 @@ def test_a_worker_stores_counts_or_dead_letters_nonconforming_vcons(tmp_path, re
             "old version": {"created_at": "2024-05-01T10:00:00Z", "vcon": "0.0.1"},
             "supported critical": {"created_at": "2024-05-01T10:00:00Z", "critical": ["x-lawful"]},
             "unsupported critical": {"created_at": "2024-05-01T10:00:00Z", "critical": ["x-redact"]}}
-    uuids = {kind: str(uuid_mod.uuid4()) for kind in docs}
-    queue.enqueue("default", [(uuids[k], orjson.dumps({"uuid": uuids[k], **d})) for k, d in docs.items()])
+    uuids = {kind: str(uuid_mod.uuid4()) for kind in [*docs, "encrypted"]}
+    bodies = [(uuids[k], orjson.dumps({"uuid": uuids[k], **d})) for k, d in docs.items()]
+    encrypted = {"unprotected": {"uuid": uuids["encrypted"]}, "recipients": [{"encrypted_key": "AA"}],
+                 "protected": "e30", "iv": "AA", "ciphertext": "AA", "tag": "AA"}
+    queue.enqueue("default", bodies + [(uuids["encrypted"], orjson.dumps(encrypted))])
     c = Conserver(tmp_path, env)
     try:
         wait_drained(queue, 60)
         dead = {d["uuid"]: d["reason"] for d in queue.dlq_list(limit=100)}
-        expected = {uuids["unsupported critical"]: "unsupported_critical"}
+        expected = {uuids["unsupported critical"]: "unsupported_critical", uuids["encrypted"]: "form_not_stored"}
         if strict == "true":
             expected |= {uuids["no offset"]: "created_at_no_offset", uuids["old version"]: "vcon_version"}
         assert dead == expected
