@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conserver.dev.samples import sample_vcon
-from conserver.vcon import REASONS, InvalidVcon, Vcon, check_uuid, parse_vcon, tenant_of
+from conserver.vcon import REASONS, RULES, InvalidVcon, Vcon, check_uuid, parse_vcon, tenant_of
 
 UUID = "0b4b3c3e-6f0a-4d7e-9f00-1a2b3c4d5e6f"
 LIMIT = 1 << 20
 
 
 def minimal(**changes) -> dict:
-    doc = {"vcon": "0.0.1", "uuid": UUID, "created_at": "2024-05-01T10:00:00Z"}
+    doc = {"vcon": "0.4.0", "uuid": UUID, "created_at": "2024-05-01T10:00:00Z"}  # the draft-03 version
     doc.update(changes)
     return {k: v for k, v in doc.items() if v is not _DROP}
 
@@ -29,7 +29,7 @@ _DROP = object()
 
 def reason_of(raw, item_uuid=UUID, max_bytes=LIMIT) -> str:
     with pytest.raises(InvalidVcon) as info:
-        parse_vcon(raw, item_uuid, max_bytes)
+        parse_vcon(raw, item_uuid, max_bytes, supported_extensions=())  # no extension supported
     assert info.value.reason in REASONS
     return info.value.reason
 
@@ -71,17 +71,32 @@ def test_str_input_and_uppercase_uuid_are_canonicalised():
     assert parse_vcon(orjson.dumps(minimal()), None, LIMIT).uuid == UUID  # inline: no item uuid
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("2024-05-01T10:00:00Z", datetime(2024, 5, 1, 10, tzinfo=timezone.utc)),
-    ("2024-05-01T10:00:00z", datetime(2024, 5, 1, 10, tzinfo=timezone.utc)),
-    ("2024-05-01T10:00:00.123456+00:00", datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=timezone.utc)),
-    ("2024-05-01T12:00:00+02:00", datetime(2024, 5, 1, 10, tzinfo=timezone.utc)),
-    ("2024-05-01T10:00:00", datetime(2024, 5, 1, 10, tzinfo=timezone.utc)),  # naive: taken as UTC
-    ("2024-05-01", datetime(2024, 5, 1, tzinfo=timezone.utc)),
+@pytest.mark.parametrize("value, expected, rules", [
+    ("2024-05-01T10:00:00Z", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ()),
+    ("2024-05-01T10:00:00z", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ("created_at_not_normalised",)),
+    ("2024-05-01T10:00:00.123456+00:00", datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=timezone.utc), ()),
+    ("2024-05-01T12:00:00+02:00", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ()),
+    ("2024-05-01T10:00:00-00:00", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ()),  # RFC 3339 §4.3
+    ("2024-05-01T10:00:00.000Z", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ("created_at_not_normalised",)),
+    # RFC 3339 §5.6/§5.7: a leap second, read as the last microsecond before it (same day)
+    ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc), ()),
+    ("2016-12-31T18:59:60.5-05:00", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc), ()),
+    ("2015-06-30T23:59:60Z", datetime(2015, 6, 30, 23, 59, 59, 999999, tzinfo=timezone.utc), ()),
+    # not RFC 3339, but readable: stored, and named
+    ("2024-05-01T10:00:00", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ("created_at_no_offset",)),  # taken as UTC
+    ("2024-05-01", datetime(2024, 5, 1, tzinfo=timezone.utc), ("created_at_date_only",)),
+    ("2024-05-01 10:00:00Z", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ("created_at_space_separator",)),
+    ("2024-05-01 10:00:00", datetime(2024, 5, 1, 10, tzinfo=timezone.utc),
+     ("created_at_space_separator", "created_at_no_offset")),
+    ("2024-05-01T10:00:00+0000", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ("created_at_offset_format",)),
+    ("2024-05-01T12:00:00+02", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ("created_at_offset_format",)),
+    ("20240501T100000Z", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ("created_at_basic_format",)),
+    ("2024-05-01T10:00Z", datetime(2024, 5, 1, 10, tzinfo=timezone.utc), ("created_at_not_rfc3339",)),
 ])
-def test_created_at_forms(value, expected):
+def test_created_at_forms(value, expected, rules):
     v = parse_vcon(orjson.dumps(minimal(created_at=value)), UUID, LIMIT)
     assert v.created_at == expected and v.created_at.utcoffset().total_seconds() == 0
+    assert v.nonconforming == rules and set(rules) <= set(RULES)
 
 
 # --- every reason, with a crafted input ---------------------------------------------------
@@ -137,14 +152,19 @@ def test_uuid_mismatch():
     assert reason_of(orjson.dumps(minimal(uuid=other))) == "uuid_mismatch"
 
 
-def test_missing_version():
-    assert reason_of(orjson.dumps(minimal(vcon=_DROP))) == "missing_version"
-    assert reason_of(orjson.dumps(minimal(vcon=""))) == "missing_version"
-    assert reason_of(orjson.dumps(minimal(vcon=None))) == "missing_version"
+def test_vcon_member_is_optional():
+    # draft §4.1.1: "vcon" is deprecated; the JSON schema requires only uuid and created_at.
+    for changes in ({"vcon": _DROP}, {"vcon": None}, {"vcon": "0.4.0"}):
+        v = parse_vcon(orjson.dumps(minimal(**changes)), UUID, LIMIT)
+        assert v.uuid == UUID and v.nonconforming == () and v.form == "unsigned"
+    # an older draft's version (and "", no version at all) is stored, and named
+    for version in ("0.0.1", "0.3.0", ""):
+        assert parse_vcon(orjson.dumps(minimal(vcon=version)), UUID, LIMIT).nonconforming == ("vcon_version",)
 
 
 @pytest.mark.parametrize("value", [_DROP, None, "", "yesterday", "2024-13-01T00:00:00Z", 1714557600,
-                                   "2024-05-01T10:00:00+25:00", ["2024-05-01"], {"t": 1}])
+                                   "2024-05-01T10:00:00+25:00", ["2024-05-01"], {"t": 1},
+                                   "2024-05-01T10:00:60Z", "2016-12-30T23:59:60Z", "2024-02-30T00:00:00Z"])
 def test_bad_created_at(value):
     assert reason_of(orjson.dumps(minimal(created_at=value))) == "bad_created_at"
 
@@ -170,6 +190,74 @@ def test_check_uuid_wrong_type_and_canonical():
     with pytest.raises(InvalidVcon) as info:
         check_uuid(12)
     assert info.value.reason == "wrong_type"
+
+
+# --- the order of the checks, critical, the other members ---------------------------------
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"uuid": _DROP, "created_at": _DROP}, "missing_uuid"),  # the uuid problem first
+    ({"vcon": _DROP, "created_at": _DROP}, "bad_created_at"),  # no version is no problem at all
+    ({"vcon": 1, "created_at": _DROP}, "bad_created_at"),
+    ({"uuid": "../x", "created_at": "yesterday", "parties": {}}, "unsafe_uuid"),
+    ({"created_at": "yesterday", "parties": {}}, "bad_created_at"),
+    ({"parties": {}, "critical": ["x-unknown"]}, "wrong_type"),
+    ({"created_at": "2024-05-01", "critical": ["x-unknown"]}, "unsupported_critical"),
+])
+def test_the_most_basic_failure_is_reported(changes, reason):
+    assert reason_of(orjson.dumps(minimal(**changes)), item_uuid=None) == reason
+
+
+def critical_reason(doc: dict, supported=()) -> str | None:
+    try:
+        parse_vcon(orjson.dumps(doc), UUID, LIMIT, supported_extensions=supported)
+    except InvalidVcon as exc:
+        return exc.reason
+    return None
+
+
+def test_critical_names_only_supported_extensions():
+    # draft §4.1.4: a vCon whose critical lists an extension the implementation does not
+    # support MUST NOT be processed except to reject it.
+    assert critical_reason(minimal(critical=["x-redact"])) == "unsupported_critical"
+    assert critical_reason(minimal(critical=["x-redact"]), {"x-redact"}) is None
+    assert critical_reason(minimal(critical=["x-redact", "x-other"]), {"x-redact"}) == "unsupported_critical"
+    assert critical_reason(minimal(critical=["X-Redact"]), {"x-redact"}) == "unsupported_critical"  # names are exact
+    assert critical_reason(minimal(critical=[])) is None and critical_reason(minimal(critical=None)) is None
+    # a critical that is no list of names: what it requires cannot be told
+    for bad in ("x-redact", {"x": 1}, [1], 3):
+        assert critical_reason(minimal(critical=bad), {"x-redact"}) == "unsupported_critical"
+    # §7.1: must_support was critical's name before 0.4.0; its names are honoured
+    assert critical_reason(minimal(must_support=["x-redact"])) == "unsupported_critical"
+    v = parse_vcon(orjson.dumps(minimal(must_support=["x-redact"])), UUID, LIMIT, supported_extensions={"x-redact"})
+    assert v.critical == ("x-redact",) and v.nonconforming == ("must_support",)
+    # without a supported set the check is the caller's (the pipeline's); the names are on the Vcon
+    v = parse_vcon(orjson.dumps(minimal(critical=["b", "a", "b"])), UUID, LIMIT)
+    assert v.critical == ("b", "a")
+
+
+@pytest.mark.parametrize("changes, rules", [
+    ({"updated_at": "2024-05-02T00:00:00Z"}, ()),
+    ({"updated_at": "2024-05-02 00:00:00"}, ("updated_at_space_separator", "updated_at_no_offset")),
+    ({"updated_at": "soon"}, ("updated_at_not_a_date",)),
+    ({"updated_at": 5}, ("updated_at_not_a_date",)),
+    ({"extensions": ["CC", "lawful_basis"]}, ()),
+    ({"extensions": "CC"}, ("extensions_type",)),
+    ({"extensions": [1]}, ("extensions_type",)),
+    ({"redacted": {"uuid": UUID, "type": "PII"}, "amended": {"uuid": UUID}}, ("redacted_and_amended",)),
+    ({"redacted": {}, "amended": {"uuid": UUID}}, ()),  # {}: an object with no values (§2.2)
+    ({"vcon": "0.0.1", "created_at": "2024-05-01"}, ("created_at_date_only", "vcon_version")),
+    ({"group": [], "appended": {}, "x-custom": 1}, ()),  # members the core does not define are kept
+])
+def test_other_members_are_stored_and_named(changes, rules):
+    v = parse_vcon(orjson.dumps(minimal(**changes)), UUID, LIMIT)
+    assert v.nonconforming == rules and v.data == minimal(**changes)
+
+
+def test_rules_and_reasons_cite_the_draft():
+    for text in list(RULES.values()) + [REASONS[r] for r in REASONS if r not in ("too_large", "unsafe_uuid",
+                                                                                 "missing_body")]:
+        assert "§" in text, text
+    assert not set(RULES) & set(REASONS)  # a dead-letter reason says which vocabulary it is from
 
 
 # --- tenant -------------------------------------------------------------------------------
@@ -198,13 +286,17 @@ def test_tenant_of_tolerates_anything():
 
 def _check(raw, item_uuid=None):
     try:
-        v = parse_vcon(raw, item_uuid, 4096)
+        v = parse_vcon(raw, item_uuid, 4096, supported_extensions=("x",))
     except InvalidVcon as exc:
         assert exc.reason in REASONS
         return
     assert isinstance(v, Vcon) and isinstance(v.data, dict)
     assert v.uuid == v.uuid.lower() and len(v.uuid) == 36
-    assert v.created_at.utcoffset().total_seconds() == 0
+    if v.form == "encrypted":
+        assert v.created_at is None and v.data == {"uuid": v.uuid}
+    else:
+        assert v.created_at.utcoffset().total_seconds() == 0
+    assert set(v.nonconforming) <= set(RULES)
     v.tenant, v.subject  # never raise
 
 
@@ -220,8 +312,10 @@ field_values = st.one_of(json_values, st.just(UUID), st.just("0.0.1"), st.just("
                                   max_size=3))
 vcon_like = st.dictionaries(
     st.sampled_from(["vcon", "uuid", "created_at", "parties", "dialog", "analysis", "attachments", "subject",
-                     "other"]),
-    field_values, max_size=9)
+                     "other", "updated_at", "critical", "must_support", "extensions", "redacted", "amended",
+                     "payload", "signatures", "signature", "protected", "header", "ciphertext", "recipients",
+                     "unprotected", "iv", "tag"]),
+    field_values, max_size=12)
 
 fuzz = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

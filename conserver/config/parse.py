@@ -171,6 +171,13 @@ class ListNames(Parser):
         return ",".join(value)
 
 
+class OptionalNames(ListNames):
+    allowed = "a comma-separated list (may be empty) of distinct names of letters, digits and _.:-"
+
+    def parse(self, var: str, raw: str) -> tuple[str, ...]:
+        return super().parse(var, raw) if raw.strip() else ()
+
+
 class Stores(ListNames):
     allowed = "a comma list of " + ", ".join(BUILTIN_STORES) + " or package.module:Class"
 

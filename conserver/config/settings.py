@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from conserver.config.parse import (MAX_WORKERS, Autoscale, Bool, Choice, Duration, Identifier, ImportPath, Int,
-                                    ListNames, Parser, RateLimits, Sentinels, Stores, Text, Url, WorkerCount)
+                                    ListNames, OptionalNames, Parser, RateLimits, Sentinels, Stores, Text, Url, WorkerCount)
 
 START_METHODS = ("fork", "spawn", "forkserver")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -105,6 +105,12 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "Worker heartbeat key TTL in Redis; after it expires the orphan sweep requeues the worker's vCons."),
         Setting("CONSERVER_MAX_VCON_BYTES", "max_vcon_bytes", Int(1024, 512 << 20), str(16 << 20),
                 "Larger vCons are dead-lettered with reason too_large."),
+        Setting("CONSERVER_STRICT_VCON", "strict_vcon", Bool(), "false",
+                "true: dead-letter vCons that break a rule of draft-ietf-vcon-vcon-core (the rule is the reason);\n"
+                "false: store them and count them in conserver_vcon_nonconforming_total{rule}."),
+        Setting("CONSERVER_SUPPORTED_EXTENSIONS", "supported_extensions", OptionalNames(), "",
+                "Extensions a vCon's `critical` list may name (draft §4.1.4); any other is refused as\n"
+                "unsupported_critical."),
         Setting("DEFAULT_TENANT_CONCURRENCY", "default_tenant_concurrency", Int(0, 1 << 20), "0",
                 "In-flight vCons per tenant across all workers and hosts (0 = no cap). The tenant is the id\n"
                 "in the body of the attachment whose purpose is \"tenant\". A dead worker's slots expire\n"

@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+from conserver.conformance import Conformance
 from conserver.fanout import Action, Fanout, decide
 from conserver.limits import SharedTokenBucket, TenantSlots
 from conserver.observability.metrics import worker_metrics
@@ -95,6 +96,7 @@ class StorePipeline(WorkerTask):
         self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
         self.sinks = load_sinks(pool.storages, cfg)
         self.metrics = worker_metrics()
+        self.conformance = Conformance.from_config(cfg)
         self.tenants = TenantSlots(self.redis, cfg.default_tenant_concurrency, ttl=cfg.tenant_slot_ttl)
         buckets = {store: SharedTokenBucket(self.redis, f"store:{store}", rate, burst)
                    for store, rate, burst in cfg.rate_limits}
@@ -183,7 +185,7 @@ class StorePipeline(WorkerTask):
         max_bytes = ctx.config.max_vcon_bytes
         for claim in claims:
             try:
-                valid.append((claim, vcon_of(claim, max_bytes)))
+                valid.append((claim, self.conformance.admit(vcon_of(claim, max_bytes))))
             except InvalidVcon as bad:
                 self.dead_letter(claim, bad.reason, bad.detail)
         valid = self.admit(valid)

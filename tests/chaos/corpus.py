@@ -49,7 +49,10 @@ for kind, make, reason in [
     ("no uuid in body", lambda u: _good(u, uuid=_DROP), "missing_uuid"),
     ("uuid mismatch", lambda u: _good(_u()), "uuid_mismatch"),
     ("uuid not a uuid in body", lambda u: _good("not-a-uuid"), "bad_uuid"),
-    ("no version", lambda u: _good(u, vcon=_DROP), "missing_version"),
+    # no "vcon" is fine since draft-ietf-vcon-vcon-core §4.1.1 deprecated it; critical is not
+    ("critical extension not supported", lambda u: _good(u, critical=["x-unknown"]), "unsupported_critical"),
+    ("signed, payload not base64url", lambda u: orjson.dumps({"payload": "%%", "signatures": [{"protected": "e30",
+                                                               "signature": "AA"}]}), "bad_payload"),
     ("version is a number", lambda u: _good(u, vcon=1), "wrong_type"),
     ("no created_at", lambda u: _good(u, created_at=_DROP), "bad_created_at"),
     ("created_at not a date", lambda u: _good(u, created_at="yesterday"), "bad_created_at"),
