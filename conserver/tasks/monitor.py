@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 
 from conserver.observability import metrics
-from conserver.process.worker import BUSY, EMPTY, STATE_NAMES, WorkerTask, pid_alive
+from conserver.process.board import BUSY, EMPTY, STATE_NAMES
+from conserver.process.worker import WorkerTask, pid_alive
 
 log = logging.getLogger("conserver.tasks.monitor")
 
