@@ -319,7 +319,7 @@ class Supervisor:
             return
         h.retiring = True
         h.kill_at = self.env.monotonic() + self.cfg.graceful_timeout
-        log.info("retiring %s %d [%s] pid=%d (%s)", h.spec.role, h.spec.number, h.spec.pool.name, h.pid, why)
+        log.info("retiring %s pid=%d (%s)", h.who, h.pid, why)
         self.workers.signal(h, signal.SIGTERM)
 
     def murder_stuck_workers(self) -> None:
@@ -328,7 +328,7 @@ class Supervisor:
         for h in self.workers:
             if h.kill_at is not None:
                 if now >= h.kill_at:
-                    log.warning("%s %d pid=%d did not stop in time: SIGKILL", h.spec.role, h.spec.number, h.pid)
+                    log.warning("%s pid=%d did not stop in time: SIGKILL", h.who, h.pid)
                     self.workers.signal(h, signal.SIGKILL)
                     h.kill_at = now + 3600  # sent; the reap follows
                 continue
@@ -340,8 +340,7 @@ class Supervisor:
             elif slot.state != BUSY and now_wall - slot.heartbeat > self.cfg.heartbeat_timeout:
                 why = f"no heartbeat for {now_wall - slot.heartbeat:.1f}s (state {STATE_NAMES.get(slot.state)})"
             if why:
-                log.error("%s %d [%s] pid=%d %s: dumping its stack, then SIGTERM", h.spec.role, h.spec.number,
-                          h.spec.pool.name, h.pid, why)
+                log.error("%s pid=%d %s: dumping its stack, then SIGTERM", h.who, h.pid, why)
                 self.workers.signal(h, signal.SIGUSR2)
                 self.env.sleep(0.05)  # let faulthandler write before the drain starts
                 h.kill_at = now + self.cfg.graceful_timeout

@@ -243,7 +243,7 @@ def test_a_worker_past_min_uptime_resets_its_backoff():
     assert 0.08 <= env.processes[5].started_at - fifth.ended_at <= 0.12
 
 
-def test_crash_loop_limit_ends_the_supervisor_with_exit_code_4():
+def test_crash_loop_limit_ends_the_supervisor_with_exit_code_4(caplog):
     env = FakeEnvironment(lambda p: p.exit(ExitCode.BOOT_ERROR))  # never boots
     sup = supervisor(env, workers=4)
     began = env.now
@@ -254,6 +254,8 @@ def test_crash_loop_limit_ends_the_supervisor_with_exit_code_4():
     assert env.now - began < sup.cfg.crash_window
     assert sup.board.draining == 1 and "STOPPING=1" in env.notified
     assert not sup.workers and all(not p.is_alive() for p in env.processes)
+    assert "pid=4000 failed to boot (exit code 3)" in caplog.text
+    assert f"crash loop: {len(env.processes)} workers died soon after starting" in caplog.text
 
 
 def test_sigterm_drains_then_kills_what_outlives_the_graceful_timeout():
