@@ -155,10 +155,10 @@ class FakeEnvironment:
         self.title = title
 
 
-def supervisor(env: FakeEnvironment, workers: int = 1) -> Supervisor:
+def supervisor(env: FakeEnvironment, workers: int = 1, **settings: str) -> Supervisor:
     cfg = load_config(environ={"CONSERVER_PIPELINE": "tests.tasks:IdleTask", "CONSERVER_WORKERS": str(workers),
-                               "CONSERVER_ENABLE_SCHEDULER": "false", "CONSERVER_METRICS_LOG_INTERVAL": "0"},
-                      dotenv_path=None)
+                               "CONSERVER_ENABLE_SCHEDULER": "false", "CONSERVER_METRICS_LOG_INTERVAL": "0",
+                               **settings}, dotenv_path=None)
     sup = Supervisor(cfg, env=env)
     sup.manage_workers()  # what serve() does before its first turn
     return sup
@@ -340,3 +340,21 @@ def test_a_refused_start_is_tried_again_a_second_later():
     turn_until(sup, lambda: env.processes)
     assert env.processes[0].started_at - began == pytest.approx(1.0)
     assert env.processes[0].spec.slot_index == 0  # the refused start gave its slot back
+
+
+def test_the_pool_follows_the_monitors_autoscale_target_within_its_bounds():
+    env = FakeEnvironment()
+    sup = supervisor(env, CONSERVER_AUTOSCALE="1,3")
+
+    def queue_workers() -> list[int]:
+        return sorted(h.spec.number for h in sup.workers if h.spec.role == "worker")
+
+    turn_until(sup, lambda: sup.ready_sent)
+    assert queue_workers() == [1] and {h.spec.role for h in sup.workers} == {"worker", "monitor"}
+    sup.board.autoscale_target = 5  # the monitor asks for more than CONSERVER_AUTOSCALE allows
+    turn_until(sup, lambda: queue_workers() == [1, 2, 3])
+    assert sup.board.target_workers == 3
+    sup.board.autoscale_target = 1
+    turn_until(sup, lambda: queue_workers() == [1])
+    retired = [p for p in env.processes if p.spec.number in (2, 3)]
+    assert all(p.received == [signal.SIGTERM] and p.exitcode == 0 for p in retired) and sup.restarts == 0
