@@ -8,13 +8,14 @@ process table every loop turn (``manage_workers``) and starts or retires the dif
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from conserver.config import Config, PoolConfig
 from conserver.process.board import Board
 from conserver.process.worker import SERVICE_TASKS
 
-log = logging.getLogger("conserver.process.supervisor")
+log = logging.getLogger("conserver.process.pools")
 
 SCHEDULER_POOL = PoolConfig("scheduler", 1, (), ())
 MONITOR_POOL = PoolConfig("monitor", 1, (), ())
@@ -71,7 +72,6 @@ class PoolTargets:
             self.set_target(pool, want)
 
     def set_target(self, name: str, workers: int) -> None:
-        p = self.pools[name]
         self.board.target_workers += workers - self.targets[name]
         self.targets[name] = workers
-        self.pools[name] = PoolConfig(name, workers, p.ingress_lists, p.storages, p.weights)
+        self.pools[name] = dataclasses.replace(self.pools[name], workers=workers)
