@@ -52,6 +52,7 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     try:
-        return f"{ExitCode(code).says} (exit code {code})"
+        says = ExitCode(code).says
     except ValueError:
-        return f"exited with code {code}"
+        says = "exited"
+    return f"{says} (exit code {code})"  # one marker for every exit that was not a signal
