@@ -16,6 +16,7 @@ import sys
 from typing import Callable
 
 from conserver.config import Config, ConfigError, describe, load_config
+from conserver.errors import ExitCode
 
 log = logging.getLogger("conserver.cli")
 
@@ -97,7 +98,7 @@ def cmd_enqueue(args: argparse.Namespace, cfg: Config) -> int:
     else:
         if not args.paths:
             print("conserver enqueue: give FILE, DIR or - (or --sample N)", file=sys.stderr)
-            return 2
+            return ExitCode.CONFIG_ERROR
         items = _read_vcons(args.paths)
     total, chunk = 0, []
     for item in items:
@@ -135,20 +136,20 @@ def cmd_dlq(args: argparse.Namespace, cfg: Config) -> int:
     if args.action == "show":
         if not args.uuid:
             print("conserver dlq show: give a UUID", file=sys.stderr)
-            return 2
+            return ExitCode.CONFIG_ERROR
         entry = queue.dlq_show(args.uuid, args.list)
         if entry is None:
             print(f"conserver dlq show: {args.uuid} is not a dead letter", file=sys.stderr)
-            return 1
+            return ExitCode.FAILED
         print(json.dumps(entry, indent=2))
         return 0
     if args.action == "requeue":
         if not args.uuid and not args.all:
             print("conserver dlq requeue: give a UUID or --all", file=sys.stderr)
-            return 2
+            return ExitCode.CONFIG_ERROR
         n = queue.dlq_requeue(args.uuid, all=args.all, list_name=args.list)
         print(f"requeued {n} dead letters")
-        return 0 if n or args.all else 1
+        return ExitCode.OK if n or args.all else ExitCode.FAILED
     n = queue.dlq_purge(args.list)
     print(f"purged {n} dead letters")
     return 0
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _load(args)
     except ConfigError as exc:
         print(f"conserver: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG_ERROR
     return COMMANDS[args.command](args, cfg)
 
 

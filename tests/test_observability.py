@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from conserver.observability.metrics import (LiveCollector, LiveInputs, ProcessRow, SupervisorCounts, interval_line,
                                              quantile)
 from conserver.observability.status import monitor_report, render_status
-from conserver.process.worker import BUSY, Board
+from conserver.process.board import BUSY, Board
 from tests.stores import enqueue_samples, queue_for
 
 INF = float("inf")

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from conserver.observability.metrics import ProcessRow
-from conserver.process.worker import BUSY, EMPTY, STATE_NAMES
+from conserver.process.board import BUSY, EMPTY, STATE_NAMES
 
 
 def live_slots(board: Any) -> Iterator[Any]:

@@ -5,9 +5,9 @@ operator chose. Everything with a socket, a thread or a pool — the Redis clien
 store clients, the fan-out thread pools — is built here, after the process started,
 by the pluggable :class:`WorkerTask` (the default one is ``conserver.tasks.pipeline``).
 
-A worker talks to the supervisor through one shared-memory :class:`WorkerSlot`: a
-heartbeat, what it is busy with and since when, how many vCons it finished. Writing a
-few doubles costs nothing on the hot path and needs no pipe the master must drain.
+A worker talks to the supervisor through its slot on the shared-memory board
+(``board.py``): a heartbeat, what it is busy with and since when, how many vCons it
+finished. :class:`WorkerContext` is the task's pen for that slot.
 
 Signals in a worker: SIGTERM/SIGINT ask for a drain (finish the batch in hand, hand back
 what was claimed but not started, exit 0); SIGQUIT exits at once; SIGUSR1 reopens log
@@ -30,64 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from conserver.config import Config, PoolConfig
+from conserver.errors import ExitCode
 from conserver.observability.logging import reopen_logs, setup_logging
 from conserver.observability.titles import set_title
+from conserver.process.board import BUSY, DRAINING, EXITED, IDLE, STARTING, Board, WorkerSlot
 
 log = logging.getLogger("conserver.process.worker")
 
-# Slot states, written by the worker, read by the supervisor.
-EMPTY, STARTING, IDLE, BUSY, DRAINING, EXITED = range(6)
-STATE_NAMES = {EMPTY: "empty", STARTING: "starting", IDLE: "idle", BUSY: "busy",
-               DRAINING: "draining", EXITED: "exited"}
-
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3  # the task could not start; the supervisor counts it as a crash
-
-DEFAULT_TASK = "conserver.tasks.pipeline:StorePipeline"
 # Service processes the supervisor runs beside the workers: pool name -> task.
 SERVICE_TASKS = {"scheduler": "conserver.tasks.scheduler:SchedulerTask", "monitor": "conserver.tasks.monitor:MonitorTask"}
-
-
-class WorkerSlot(ctypes.Structure):
-    """Shared memory between one worker and the supervisor. Plain stores: no lock needed,
-    each field has one writer and a torn read only delays a decision by one loop turn."""
-
-    _fields_ = [
-        ("pid", ctypes.c_int64),
-        ("state", ctypes.c_int32),
-        ("started", ctypes.c_double),
-        ("heartbeat", ctypes.c_double),
-        ("busy_since", ctypes.c_double),
-        ("processed", ctypes.c_uint64),
-        ("failed", ctypes.c_uint64),
-        ("busy_seconds", ctypes.c_double),
-        ("recycle", ctypes.c_int32),  # the worker asks to be replaced (recycling limits)
-        ("current", ctypes.c_char * 64),
-        ("ident", ctypes.c_char * 160),
-        # written by the supervisor when it starts the process, for the monitor
-        ("role", ctypes.c_char * 16),
-        ("pool", ctypes.c_char * 64),
-        ("number", ctypes.c_int32),
-    ]
-
-
-MAX_SLOTS = 1024
-
-
-class Board(ctypes.Structure):
-    """The shared-memory notice board: the supervisor's facts and one slot per process."""
-
-    _fields_ = [
-        ("master_pid", ctypes.c_int64),
-        ("started", ctypes.c_double),
-        ("restarts", ctypes.c_uint64),
-        ("processed_by_dead", ctypes.c_uint64),
-        ("target_workers", ctypes.c_int32),
-        ("draining", ctypes.c_int32),
-        ("autoscale_target", ctypes.c_int32),  # written by the monitor, followed by the supervisor
-        ("start_method", ctypes.c_char * 16),
-        ("slots", WorkerSlot * MAX_SLOTS),
-    ]
 
 
 @dataclass(frozen=True)
@@ -97,7 +48,7 @@ class WorkerSpec:
     config: Config
     pool: PoolConfig
     number: int
-    role: str  # "worker" or "scheduler"
+    role: str  # "worker", or a service: "scheduler", "monitor"
     task: str  # import path "package.module:Class"
     master_pid: int
     slot_index: int
@@ -124,7 +75,7 @@ class WorkerTask:
 class WorkerContext:
     """What a task sees of its process: settings, identity, the stop flag and the slot."""
 
-    def __init__(self, spec: WorkerSpec, slot: WorkerSlot, board: "Board | None" = None):
+    def __init__(self, spec: WorkerSpec, slot: WorkerSlot, board: Board):
         self.spec = spec
         self.board = board
         self.config = spec.config
@@ -241,7 +192,7 @@ class Worker:
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
         if not self._parent_alive():  # the parent died before PR_SET_PDEATHSIG took effect
-            raise SystemExit(EXIT_OK)
+            raise SystemExit(ExitCode.OK)
         self.ctx._title("starting")
         self.task = load_task(self.spec.task)(self.ctx)
         self.task.open()
@@ -279,7 +230,7 @@ class Worker:
         self.ctx.stopping = True
 
     def _on_quit(self, signum: int, frame: Any) -> None:
-        os._exit(EXIT_OK)
+        os._exit(ExitCode.OK)
 
     # --- checks, twice a second ---
     def _parent_alive(self) -> bool:
@@ -321,18 +272,18 @@ def worker_main(spec: WorkerSpec, board: Board) -> None:
         log.exception("worker failed to start")
         worker.slot.state = EXITED
         logging.shutdown()
-        os._exit(EXIT_BOOT_ERROR)
+        os._exit(ExitCode.BOOT_ERROR)
     try:
         worker.loop()
     except Exception:
         log.exception("worker loop crashed")
         worker.shutdown()
         logging.shutdown()
-        os._exit(1)
+        os._exit(ExitCode.FAILED)
     worker.shutdown()
     logging.shutdown()
     # Skip interpreter finalization (a spawn child would spend up to a second in it): all
     # that had to happen on the way out has happened.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(EXIT_OK)
+    os._exit(ExitCode.OK)

@@ -42,7 +42,7 @@ def summary(name: str, sent: set[str], found: dict[str, list[str]], dead: int, c
     stored = set.intersection(*(set(v) for v in found.values())) if found else set()
     lost = len(sent - stored)
     duplicated = sum(n - 1 for ids in found.values() for n in collections.Counter(ids).values() if n > 1)
-    restarts = c.log().count("was killed by") + c.log().count("exited with code")
+    restarts = c.log().count("was killed by") + c.log().count("(exit code")  # errors.describe_exit
     figures = {"sent": len(sent), "stored": len(stored & sent), "lost": lost, "duplicated": duplicated,
                "dead_lettered": dead, "restarts": restarts}
     print(f"\nCHAOS {name}: " + " ".join(f"{k}={v}" for k, v in figures.items()))

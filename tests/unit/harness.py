@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 from conserver.config import config_from_mapping
-from conserver.process.worker import WorkerContext, WorkerSlot, WorkerSpec
+from conserver.process.board import WorkerSlot
+from conserver.process.worker import WorkerContext, WorkerSpec
 from conserver.queue.memory import MemoryQueue
 from conserver.queue.protocol import QueueSettings
 from conserver.tasks.pipeline import StorePipeline
