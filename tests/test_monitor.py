@@ -25,6 +25,8 @@ def get(url: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError):  # the monitor is not listening yet: callers wait
+        return 0, ""
 
 
 @pytest.fixture

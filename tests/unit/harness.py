@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from conserver.config import config_from_mapping
-from conserver.process.board import WorkerSlot
+from conserver.process.board import Board
 from conserver.process.worker import WorkerContext, WorkerSpec
 from conserver.queue.memory import MemoryQueue
 from conserver.queue.protocol import QueueSettings
@@ -31,7 +31,8 @@ class QuietContext(WorkerContext):
 def make_context(env: dict[str, str], role: str = "worker") -> QuietContext:
     cfg = config_from_mapping({**NO_REDIS, **env})
     spec = WorkerSpec(cfg, cfg.pools[0], 1, role, "", os.getpid(), 0)
-    return QuietContext(spec, WorkerSlot())
+    board = Board()  # in-process: nothing shared, nothing forked
+    return QuietContext(spec, board.slots[0], board)
 
 
 class MemoryPipeline(StorePipeline):
