@@ -97,6 +97,24 @@ def stack_env(redis_url: str, pg_server, s3_server, os_server) -> dict[str, str]
     return env
 
 
+@pytest.fixture
+def start_conserver(tmp_path):
+    """Start ``conserver`` (``run`` unless told) as a real child process with ``env``; every
+    one started is stopped, with its whole process tree, when the test ends."""
+    from tests.helpers.proc import Conserver
+
+    started: list[Conserver] = []
+
+    def start(env: dict[str, str], args: tuple[str, ...] = ("run",)) -> Conserver:
+        c = Conserver(tmp_path, env, args)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.stop()
+
+
 # Every process this session starts inherits this marker, so the leak check below looks
 # only at our own processes, never at another test run's on the same machine.
 os.environ["CONSERVER_TEST_SESSION"] = str(os.getpid())

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from tests.chaos.corpus import BAD_CORPUS
-from tests.proc import Conserver, title, wait_for
-from tests.stores import census, enqueue_samples, queue_for, wait_drained
+from tests.helpers.proc import Conserver, title, wait_for
+from tests.helpers.stores import census, enqueue_samples, queue_for, wait_drained
 
 STORES = ("postgres", "s3", "elasticsearch")
 RESILIENT = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": "2s", "SCHEDULER_INTERVAL": "200ms",
@@ -25,17 +25,8 @@ RESILIENT = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": 
 
 
 @pytest.fixture
-def run(tmp_path):
-    started: list[Conserver] = []
-
-    def _run(env: dict[str, str], workers: int = 2) -> Conserver:
-        c = Conserver(tmp_path, {"CONSERVER_WORKERS": str(workers), **RESILIENT, **env})
-        started.append(c)
-        return c
-
-    yield _run
-    for c in started:
-        c.stop()
+def run(start_conserver):
+    return lambda env, workers=2: start_conserver({"CONSERVER_WORKERS": str(workers), **RESILIENT, **env})
 
 
 def summary(name: str, sent: set[str], found: dict[str, list[str]], dead: int, c: Conserver) -> dict[str, int]:
@@ -166,7 +157,7 @@ def test_poison_vcon_ends_in_the_dead_letters(run, stack_env):
     cfg, queue = queue_for(stack_env)
     vcons = enqueue_samples(queue, 500)
     poison = {vcons[37]["uuid"], vcons[311]["uuid"]}
-    env = {**stack_env, "CONSERVER_STORAGES": stack_env["CONSERVER_STORAGES"] + ",tests.crash_store:CrashStore",
+    env = {**stack_env, "CONSERVER_STORAGES": stack_env["CONSERVER_STORAGES"] + ",tests.helpers.crash_store:CrashStore",
            "CONSERVER_STORE_CRASH_UUIDS": ",".join(poison), "CONSERVER_MAX_DELIVERIES": "3"}
     c = run(env)
     wait_drained(queue, 120)

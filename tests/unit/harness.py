@@ -16,7 +16,7 @@ from conserver.queue.memory import MemoryQueue
 from conserver.queue.protocol import QueueSettings
 from conserver.tasks.pipeline import StorePipeline
 from conserver.tasks.scheduler import SchedulerTask
-from tests.faulty_store import FaultyStore
+from tests.helpers.faulty_store import FaultyStore
 
 NO_REDIS = {"REDIS_URL": "redis://127.0.0.1:1/0"}
 
@@ -55,4 +55,4 @@ class MemoryScheduler(SchedulerTask):
 
 
 class SecondStore(FaultyStore):
-    """A second store that records its calls, beside tests.faulty_store:FaultyStore."""
+    """A second store that records its calls, beside tests.helpers.faulty_store:FaultyStore."""

@@ -1,7 +1,7 @@
 """The store pipeline (conserver/tasks/pipeline.py), one loop turn at a time, on the
 in-memory queue: claim, validate, fan out, then ack, defer or dead-letter. The stores are
-tests.faulty_store's, in this process; the same paths through real processes, Redis and
-stores are in tests/test_end_to_end.py."""
+tests.helpers.faulty_store's, in this process; the same paths through real processes, Redis and
+stores are in tests/e2e/test_end_to_end.py."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 
 from conserver.dev.samples import sample_vcon
 from conserver.queue.memory import MemoryQueue
-from tests.faulty_store import FaultyStore
+from tests.helpers.faulty_store import FaultyStore
 from tests.unit.harness import MemoryPipeline, SecondStore, make_context
 
 SECOND = "tests.unit.harness:SecondStore"
 ENV = {
-    "CONSERVER_STORAGES": SECOND + ",tests.faulty_store:FaultyStore",
+    "CONSERVER_STORAGES": SECOND + ",tests.helpers.faulty_store:FaultyStore",
     # A store fault costs its retries in a millisecond each instead of the shipped
     # 200 ms..2 s backoff; the number of retries stays the shipped one.
     "CONSERVER_STORE_RETRY_BACKOFF": "1ms", "CONSERVER_STORE_RETRY_BACKOFF_MAX": "1ms",
@@ -103,7 +103,7 @@ def test_a_permanent_refusal_is_dead_lettered(pipeline, memory):
 def test_retries_run_out_into_the_dead_letters(pipeline, memory):
     # MAX_RETRIES: the shipped 3. CONSERVER_STORE_RETRIES=0: one store call per delivery, so
     # the store's breaker (5 failed calls) stays closed through the 4 deliveries; an open
-    # breaker defers without using up a retry (tests/test_fanout.py).
+    # breaker defers without using up a retry (tests/e2e/test_fanout.py).
     task = pipeline(CONSERVER_STORE_RETRIES="0")
     (uuid,) = enqueue(memory, 1)
     stores(task)[1].mode = "down"

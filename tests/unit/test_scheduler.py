@@ -1,7 +1,7 @@
 """The scheduler task (conserver/tasks/scheduler.py), one loop turn at a time, on the
 in-memory queue: only the holder of the leader lock moves due retries and sweeps the
 claims of dead workers; a standby takes over when the lock is released. The same with
-real processes and Redis: tests/test_pools.py."""
+real processes and Redis: tests/process/test_pools.py."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Restart, backoff, crash loop, drain and rolling replacement are decided by the real
 :class:`Supervisor` here; only its ``Environment`` (clock, process creation, signals,
 waiting) is a fake, so a minute of supervisor life takes milliseconds. The same
-behaviour with real processes and real signals: tests/test_supervisor.py.
+behaviour with real processes and real signals: tests/process/test_supervisor.py.
 
 Every setting is the shipped default except the pipeline (a task that needs no Redis)
 and the scheduler and monitor, turned off so the tests count only queue workers.
@@ -156,7 +156,7 @@ class FakeEnvironment:
 
 
 def supervisor(env: FakeEnvironment, workers: int = 1, **settings: str) -> Supervisor:
-    cfg = load_config(environ={"CONSERVER_PIPELINE": "tests.tasks:IdleTask", "CONSERVER_WORKERS": str(workers),
+    cfg = load_config(environ={"CONSERVER_PIPELINE": "tests.helpers.tasks:IdleTask", "CONSERVER_WORKERS": str(workers),
                                "CONSERVER_ENABLE_SCHEDULER": "false", "CONSERVER_METRICS_LOG_INTERVAL": "0",
                                **settings}, dotenv_path=None)
     sup = Supervisor(cfg, env=env)

@@ -23,7 +23,7 @@ from opensearchpy import OpenSearch
 
 from conserver.dev.devstack import DevStack, OpenSearchServer, PostgresServer, RedisServer, S3Server, ServerError, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def alive(pid: int) -> bool:

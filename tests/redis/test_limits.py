@@ -339,7 +339,7 @@ def test_a_store_answering_429_slows_every_worker_down(redis_url):
     from conserver.dev.samples import sample_vcon
     from conserver.vcon import parse_vcon
     from conserver.limits import SharedTokenBucket
-    from tests.faulty_store import FaultyStore
+    from tests.helpers.faulty_store import FaultyStore
 
     class Throttling(FaultyStore):
         def write_batch(self, vcons):

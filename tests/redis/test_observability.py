@@ -12,7 +12,7 @@ from conserver.observability.metrics import (LiveCollector, LiveInputs, ProcessR
                                              quantile)
 from conserver.observability.status import monitor_report, render_status
 from conserver.process.board import BUSY, Board
-from tests.stores import enqueue_samples, queue_for
+from tests.helpers.stores import enqueue_samples, queue_for
 
 INF = float("inf")
 

@@ -11,7 +11,7 @@ import pytest
 from conserver.conformance import STORED_FORMS, Conformance
 from conserver.vcon import REASONS, RULES, InvalidVcon, parse_vcon
 
-DATA = Path(__file__).parent / "data" / "vcons"
+DATA = Path(__file__).resolve().parents[1] / "data" / "vcons"
 MANIFEST = json.loads((DATA / "MANIFEST.json").read_text())
 LIMIT = 16 * 1024 * 1024
 ANY_ITEM = "00000000-0000-4000-8000-000000000000"  # the list item of a vCon that has no uuid

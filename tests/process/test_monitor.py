@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 
 from conserver.dev.devstack import free_port
-from tests.proc import ROOT, Conserver, title, wait_for
-from tests.stores import enqueue_samples, queue_for, wait_drained
+from tests.helpers.proc import ROOT, Conserver, title, wait_for
+from tests.helpers.stores import enqueue_samples, queue_for, wait_drained
 
 SECRET = "s3cr3t-pw-123"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -90,17 +90,17 @@ def test_metrics_health_and_status(monitored):
 
 def test_readyz_fails_when_every_breaker_is_open(tmp_path, redis_url):
     port = free_port()
-    env = {"REDIS_URL": redis_url, "CONSERVER_WORKERS": "1", "CONSERVER_STORAGES": "tests.faulty_store:FaultyStore",
+    env = {"REDIS_URL": redis_url, "CONSERVER_WORKERS": "1", "CONSERVER_STORAGES": "tests.helpers.faulty_store:FaultyStore",
            "CONSERVER_STORE_FAULTY_MODE": "down", "CIRCUIT_BREAKER_THRESHOLD": "1", "CIRCUIT_BREAKER_TIMEOUT": "60s",
            "CONSERVER_STORE_RETRIES": "0", "CONSERVER_METRICS_PORT": str(port), "CONSERVER_METRICS_LOG_INTERVAL": "0"}
     c = Conserver(tmp_path, env)
     try:
         cfg, queue = queue_for(env)
         enqueue_samples(queue, 5)
-        c.wait_log("circuit breaker tests.faulty_store:FaultyStore: closed -> open", timeout=20)
+        c.wait_log("circuit breaker tests.helpers.faulty_store:FaultyStore: closed -> open", timeout=20)
         code, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(get(f"http://127.0.0.1:{port}/readyz")),
                               10, what="readyz 503")
-        assert json.loads(body)["breakers"] == {"tests.faulty_store:FaultyStore": "open"}
+        assert json.loads(body)["breakers"] == {"tests.helpers.faulty_store:FaultyStore": "open"}
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200  # alive, just not ready
     finally:
         c.stop()

@@ -8,24 +8,15 @@ import orjson
 import pytest
 
 from conserver.autoscale import Autoscaler
-from tests.proc import Conserver, title, wait_for
-from tests.stores import claims_for, enqueue_samples, queue_for, wait_drained
+from tests.helpers.proc import title, wait_for
+from tests.helpers.stores import claims_for, enqueue_samples, queue_for, wait_drained
 
-FAULTY = "tests.faulty_store:FaultyStore"
+FAULTY = "tests.helpers.faulty_store:FaultyStore"
 
 
 @pytest.fixture
-def run(tmp_path):
-    started: list[Conserver] = []
-
-    def _run(env: dict[str, str], args: tuple[str, ...] = ("run",)) -> Conserver:
-        c = Conserver(tmp_path, {"CONSERVER_GRACEFUL_TIMEOUT": "10", **env}, args)
-        started.append(c)
-        return c
-
-    yield _run
-    for c in started:
-        c.stop()
+def run(start_conserver):
+    return lambda env, args=("run",): start_conserver({"CONSERVER_GRACEFUL_TIMEOUT": "10", **env}, args)
 
 
 def _calls(path) -> list[dict]:
@@ -174,7 +165,7 @@ def test_tenant_cap_holds_across_concurrent_workers(run, redis_url, make_redis_s
 
     measure = make_redis_server()
     env = {"REDIS_URL": redis_url, "CONSERVER_WORKERS": "4", "CONSERVER_BATCH_SIZE": "5",
-           "CONSERVER_STORAGES": "tests.concurrency_store:ConcurrencyStore",
+           "CONSERVER_STORAGES": "tests.helpers.concurrency_store:ConcurrencyStore",
            "CONSERVER_STORE_CONCURRENCY_REDIS": measure.url, "DEFAULT_TENANT_CONCURRENCY": "3",
            "SCHEDULER_INTERVAL": "100ms", "CONSERVER_ENABLE_SCHEDULER": "true"}
     cfg, queue = queue_for(env)

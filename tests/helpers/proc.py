@@ -13,7 +13,7 @@ import psutil
 from conserver.dev.devstack import wait_for  # noqa: F401  (re-exported for the tests)
 from conserver.observability.titles import process_title as title  # noqa: F401  (likewise)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Conserver:

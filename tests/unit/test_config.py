@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conserver.config import SETTINGS, Config, ConfigError, config_from_mapping, describe, env_example, load_config, redact_url
-from tests.proc import ROOT
+from tests.helpers.proc import ROOT
 
 
 def test_defaults():
@@ -177,7 +177,7 @@ def test_rate_limits_zero_is_unlimited():
     assert limits(" postgres : 0.5 / 2 , ") == (("postgres", 0.5, 2.0),)
     assert limits(" ,") == ()
     assert limits("elasticsearch:0") == (("elasticsearch", 0.0, 0.0),)  # 0: unlimited, as SharedTokenBucket
-    assert limits("tests.faulty_store:FaultyStore:50/10") == (("tests.faulty_store:FaultyStore", 50.0, 10.0),)
+    assert limits("tests.helpers.faulty_store:FaultyStore:50/10") == (("tests.helpers.faulty_store:FaultyStore", 50.0, 10.0),)
     for bad in ("s3", "s3:", ":5", "s3:abc", "s3:-1", "s3:nan", "s3:inf", "s3:5/x", "s3:5/0", "s3:5/", "e s:5",
                 "s3:1,s3:2", "mongo:5"):
         with pytest.raises(ConfigError) as err:

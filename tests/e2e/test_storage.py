@@ -281,13 +281,13 @@ def test_elasticsearch_splits_a_batch_too_large_for_one_request(config, os_serve
 
 
 def test_load_sinks_builtin_and_custom_import_path(config):
-    sinks = load_sinks(["postgres", "s3", "elasticsearch", "null", "tests.faulty_store:FaultyStore"], config)
+    sinks = load_sinks(["postgres", "s3", "elasticsearch", "null", "tests.helpers.faulty_store:FaultyStore"], config)
     assert [type(s) for s in sinks[:4]] == [PostgresSink, S3Sink, ElasticsearchSink, NullSink]
-    assert [s.name for s in sinks] == ["postgres", "s3", "elasticsearch", "null", "tests.faulty_store:FaultyStore"]
-    from tests.faulty_store import FaultyStore
+    assert [s.name for s in sinks] == ["postgres", "s3", "elasticsearch", "null", "tests.helpers.faulty_store:FaultyStore"]
+    from tests.helpers.faulty_store import FaultyStore
 
     assert isinstance(sinks[4], FaultyStore)
-    for bad in ("tests.nowhere:Store", "tests.faulty_store:Missing", "conserver.config:Config", "no-colon"):
+    for bad in ("tests.nowhere:Store", "tests.helpers.faulty_store:Missing", "conserver.config:Config", "no-colon"):
         with pytest.raises(ConfigError):
             load_sinks([bad], config)
 

@@ -23,7 +23,7 @@ import pytest
 
 from conserver.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "conserver.service"
 SYSUSERS = ROOT / "systemd" / "conserver.sysusers"
 TMPFILES = ROOT / "systemd" / "conserver.tmpfiles"
@@ -362,7 +362,7 @@ def test_dockerignore():
     for needed in ("pyproject.toml", "setup.cfg", "conserver/__init__.py", "README.md"):
         assert not _dockerignored(needed), f"{needed} is needed by pip install ."
     for unwanted in (".git/HEAD", ".venv/bin/python", ".env", "conserver/__pycache__/x.pyc",
-                     "tests/test_ops_files.py", "conserver.egg-info/PKG-INFO"):
+                     "tests/unit/test_ops_files.py", "conserver.egg-info/PKG-INFO"):
         assert _dockerignored(unwanted), f"{unwanted} should not be in the build context"
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.proc import Conserver
+from tests.helpers.proc import Conserver
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def _read(sock: socket.socket, seconds: float) -> list[str]:
 
 def test_ready_watchdog_stopping_in_order(tmp_path, notify_socket):
     path, sock = notify_socket
-    c = Conserver(tmp_path, {"CONSERVER_PIPELINE": "tests.tasks:IdleTask", "CONSERVER_WORKERS": "3",
+    c = Conserver(tmp_path, {"CONSERVER_PIPELINE": "tests.helpers.tasks:IdleTask", "CONSERVER_WORKERS": "3",
                              "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "CONSERVER_GRACEFUL_TIMEOUT": "5"})
     try:
         lines = _read(sock, 3.0)
@@ -57,7 +57,7 @@ def test_ready_watchdog_stopping_in_order(tmp_path, notify_socket):
 def test_watchdog_stops_while_a_worker_hangs(tmp_path, notify_socket):
     """No WATCHDOG=1 while a worker is stuck past JOB_TIMEOUT: systemd would restart us."""
     path, sock = notify_socket
-    c = Conserver(tmp_path, {"CONSERVER_PIPELINE": "tests.tasks:HangTask", "CONSERVER_WORKERS": "1",
+    c = Conserver(tmp_path, {"CONSERVER_PIPELINE": "tests.helpers.tasks:HangTask", "CONSERVER_WORKERS": "1",
                              "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000", "JOB_TIMEOUT": "1s",
                              "CONSERVER_GRACEFUL_TIMEOUT": "30"})
     try:
@@ -73,7 +73,7 @@ def test_long_drain_extends_the_stop_timeout(tmp_path, notify_socket):
     path, sock = notify_socket
     done = tmp_path / "done"
     done.mkdir()
-    c = Conserver(tmp_path, {"CONSERVER_PIPELINE": "tests.tasks:SlowTask", "CONSERVER_WORKERS": "1",
+    c = Conserver(tmp_path, {"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
                              "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "3", "NOTIFY_SOCKET": path})
     try:
         c.wait_workers(1, state="busy")

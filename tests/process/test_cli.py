@@ -8,8 +8,8 @@ import sys
 import orjson
 
 from conserver.dev.samples import sample_vcon
-from tests.proc import ROOT
-from tests.stores import StoreReader, claims_for, queue_for
+from tests.helpers.proc import ROOT
+from tests.helpers.stores import StoreReader, claims_for, queue_for
 
 
 def cli(args: list[str], env: dict[str, str], stdin: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from conserver.dev.devstack import OpenSearchServer
-from tests.proc import Conserver, title, wait_for
-from tests.stores import (StoreReader, census, claims_for, enqueue_samples, postgres_ids, queue_for, wait_all_stored,
+from tests.helpers.proc import Conserver, title, wait_for
+from tests.helpers.stores import (StoreReader, census, claims_for, enqueue_samples, postgres_ids, queue_for, wait_all_stored,
                           wait_drained)
 
 FAST_RETRIES = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": "1s", "SCHEDULER_INTERVAL": "200ms",
@@ -18,18 +18,11 @@ FAST_RETRIES = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX
 
 
 @pytest.fixture
-def run(tmp_path):
-    started: list[Conserver] = []
-
+def run(start_conserver):
     def _run(env: dict[str, str], workers: int = 2, **extra: str) -> Conserver:
-        c = Conserver(tmp_path, {"CONSERVER_WORKERS": str(workers), "CONSERVER_ENABLE_SCHEDULER": "true",
-                                 "CONSERVER_GRACEFUL_TIMEOUT": "10", **env, **extra})
-        started.append(c)
-        return c
-
-    yield _run
-    for c in started:
-        c.stop()
+        return start_conserver({"CONSERVER_WORKERS": str(workers), "CONSERVER_ENABLE_SCHEDULER": "true",
+                                "CONSERVER_GRACEFUL_TIMEOUT": "10", **env, **extra})
+    return _run
 
 
 def _strip_es(doc: dict) -> dict:
@@ -87,7 +80,7 @@ def test_same_uuid_twice_leaves_one_row_object_and_document(run, stack_env):
 def test_partial_failure_retries_only_the_failed_store(run, stack_env, tmp_path):
     control, calls = tmp_path / "mode", tmp_path / "calls.jsonl"
     control.write_text("down")
-    env = {**stack_env, **FAST_RETRIES, "CONSERVER_STORAGES": "postgres,tests.faulty_store:FaultyStore",
+    env = {**stack_env, **FAST_RETRIES, "CONSERVER_STORAGES": "postgres,tests.helpers.faulty_store:FaultyStore",
            "CONSERVER_STORE_FAULTY_CONTROL": str(control), "CONSERVER_STORE_FAULTY_LOG": str(calls)}
     cfg, queue = queue_for(env)
     reader = StoreReader(cfg, ("postgres",))
@@ -144,7 +137,7 @@ def test_store_stopped_mid_run_loses_nothing_and_breaker_opens_and_closes(run, s
 
 
 def test_kill9_of_a_busy_worker_loses_nothing(run, stack_env):
-    env = {**stack_env, "CONSERVER_STORAGES": "postgres,tests.faulty_store:FaultyStore",
+    env = {**stack_env, "CONSERVER_STORAGES": "postgres,tests.helpers.faulty_store:FaultyStore",
            "CONSERVER_STORE_FAULTY_MODE": "slow:0.5", "CONSERVER_BATCH_SIZE": "20", "CONSERVER_MIN_UPTIME": "0"}
     cfg, queue = queue_for(env)
     vcons = enqueue_samples(queue, 200)
@@ -161,7 +154,7 @@ def test_kill9_of_a_busy_worker_loses_nothing(run, stack_env):
 def test_whole_instance_killed_is_recovered_after_heartbeat_expiry(run, stack_env):
     """Host death: every process of instance A dies at once, so no one requeues its claims
     but instance B's scheduler, once A's heartbeats expire."""
-    env = {**stack_env, "CONSERVER_STORAGES": "postgres,tests.faulty_store:FaultyStore",
+    env = {**stack_env, "CONSERVER_STORAGES": "postgres,tests.helpers.faulty_store:FaultyStore",
            "CONSERVER_STORE_FAULTY_MODE": "slow:1", "CONSERVER_BATCH_SIZE": "25",
            "CONSERVER_WORKER_HEARTBEAT_TTL": "2s"}
     cfg, queue = queue_for(env)
@@ -182,7 +175,7 @@ def test_poison_vcon_is_dead_lettered_after_the_delivery_limit(run, stack_env):
     cfg, queue = queue_for(stack_env)
     vcons = enqueue_samples(queue, 60)
     poison = vcons[10]["uuid"]
-    env = {**stack_env, "CONSERVER_STORAGES": "postgres,tests.crash_store:CrashStore",
+    env = {**stack_env, "CONSERVER_STORAGES": "postgres,tests.helpers.crash_store:CrashStore",
            "CONSERVER_STORE_CRASH_UUIDS": poison, "CONSERVER_MAX_DELIVERIES": "3", "CONSERVER_MIN_UPTIME": "0"}
     c = run(env, workers=1)
     wait_drained(queue, 60)
@@ -217,7 +210,7 @@ def test_a_bug_that_crashes_every_batch_stops_the_supervisor_without_losing_vcon
     """Not poison in the data but a bug in the code: the crash-loop limit ends the supervisor
     (exit 4, so systemd restarts it and someone looks), and the vCons wait in Redis; at
     most a couple are dead-lettered as poison, and `dlq requeue` brings those back."""
-    env = {"REDIS_URL": redis_url, "CONSERVER_STORAGES": "null,tests.crash_store:CrashStore",
+    env = {"REDIS_URL": redis_url, "CONSERVER_STORAGES": "null,tests.helpers.crash_store:CrashStore",
            "CONSERVER_STORE_CRASH_UUIDS": "*", "CONSERVER_CRASH_LIMIT": "6", "CONSERVER_ENABLE_SCHEDULER": "false"}
     cfg, queue = queue_for(env)
     vcons = enqueue_samples(queue, 100)

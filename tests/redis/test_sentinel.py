@@ -8,8 +8,8 @@ import pytest
 import redis
 
 from conserver.dev.devstack import free_port
-from tests.proc import Conserver
-from tests.stores import enqueue_samples, queue_for, wait_drained
+from tests.helpers.proc import Conserver
+from tests.helpers.stores import enqueue_samples, queue_for, wait_drained
 
 
 @pytest.fixture

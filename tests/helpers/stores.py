@@ -13,7 +13,7 @@ from conserver.queue.client import make_redis
 from conserver.queue.protocol import QueueSettings
 from conserver.storage import load_sinks
 from conserver.dev.samples import sample_vcon
-from tests.proc import wait_for
+from tests.helpers.proc import wait_for
 
 
 def queue_for(env: dict[str, str]) -> tuple[Config, QueueAdmin]:

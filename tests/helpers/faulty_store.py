@@ -1,6 +1,6 @@
 """A custom store that fails on command, for fault-injection tests.
 
-Load it like any custom store: ``CONSERVER_STORAGES=postgres,tests.faulty_store:FaultyStore``.
+Load it like any custom store: ``CONSERVER_STORAGES=postgres,tests.helpers.faulty_store:FaultyStore``.
 
 In-process tests change ``mode`` on the instance (``fanout.sinks``). A store in another
 process (a real worker) is driven by settings, read from ``config.extra``:

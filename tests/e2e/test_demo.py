@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from conserver.dev.devstack import free_port
-from tests.proc import ROOT
+from tests.helpers.proc import ROOT
 
 
 def test_demo_stores_samples_in_every_store_and_cleans_up():

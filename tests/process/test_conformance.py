@@ -16,8 +16,8 @@ from conserver.conformance import LOG_EVERY, Conformance, nonconforming_counter
 from conserver.config import config_from_mapping
 from conserver.dev.devstack import free_port
 from conserver.vcon import InvalidVcon, parse_vcon
-from tests.proc import Conserver, wait_for
-from tests.stores import queue_for, wait_drained
+from tests.helpers.proc import Conserver, wait_for
+from tests.helpers.stores import queue_for, wait_drained
 
 
 def vcon(created_at: str = "2024-05-01T10:00:00Z", **more):

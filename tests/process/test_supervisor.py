@@ -8,23 +8,14 @@ import time
 import psutil
 import pytest
 
-from tests.proc import Conserver, gone, title, wait_for
+from tests.helpers.proc import gone, title, wait_for
 
-IDLE = "tests.tasks:IdleTask"
+IDLE = "tests.helpers.tasks:IdleTask"
 
 
 @pytest.fixture
-def start(tmp_path):
-    started: list[Conserver] = []
-
-    def _start(env: dict[str, str], args: tuple[str, ...] = ("run",)) -> Conserver:
-        c = Conserver(tmp_path, {"CONSERVER_PIPELINE": IDLE, **env}, args)
-        started.append(c)
-        return c
-
-    yield _start
-    for c in started:
-        c.stop()
+def start(start_conserver):
+    return lambda env, args=("run",): start_conserver({"CONSERVER_PIPELINE": IDLE, **env}, args)
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
@@ -61,7 +52,7 @@ def test_kill9_worker_is_replaced_within_one_second(start):
 
 
 def test_crash_at_start_backs_off_then_crash_loop_limit_exits_nonzero(start):
-    c = start({"CONSERVER_PIPELINE": "tests.tasks:CrashAtStartTask", "CONSERVER_WORKERS": "1",
+    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:CrashAtStartTask", "CONSERVER_WORKERS": "1",
                "CONSERVER_CRASH_LIMIT": "4", "CONSERVER_CRASH_WINDOW": "60"})
     code = c.wait(30)
     log = c.log()
@@ -90,7 +81,7 @@ def test_sigterm_when_idle_ends_every_process_quickly(start):
 def test_sigterm_lets_a_slow_item_finish(start, tmp_path):
     done = tmp_path / "done"
     done.mkdir()
-    c = start({"CONSERVER_PIPELINE": "tests.tasks:SlowTask", "CONSERVER_WORKERS": "1",
+    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
                "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "2"})
     w = c.wait_workers(1, state="busy slow-item")[0]
     c.signal(signal.SIGTERM)
@@ -102,7 +93,7 @@ def test_sigterm_lets_a_slow_item_finish(start, tmp_path):
 def test_second_sigterm_stops_at_once(start, tmp_path):
     done = tmp_path / "done"
     done.mkdir()
-    c = start({"CONSERVER_PIPELINE": "tests.tasks:SlowTask", "CONSERVER_WORKERS": "1",
+    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
                "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "30"})
     w = c.wait_workers(1, state="busy")[0]
     c.signal(signal.SIGTERM)
@@ -178,7 +169,7 @@ def test_sighup_with_bad_config_keeps_running(start, tmp_path):
 
 
 def test_job_timeout_dumps_stack_then_kills_and_replaces(start):
-    c = start({"CONSERVER_PIPELINE": "tests.tasks:HangTask", "CONSERVER_WORKERS": "1",
+    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:HangTask", "CONSERVER_WORKERS": "1",
                "JOB_TIMEOUT": "1s", "CONSERVER_GRACEFUL_TIMEOUT": "1", "CONSERVER_MIN_UPTIME": "0"})
     first = c.wait_workers(1, state="busy stuck-item")[0].pid
     log = c.wait_log(f"pid={first} was killed by SIGKILL", timeout=10)

@@ -9,10 +9,10 @@ import pytest
 
 from conserver.fanout import ALREADY_DONE, BREAKER_OPEN, Action, Fanout, Outcome, Status, decide
 from conserver.storage import StoreError, load_sinks
-from tests.faulty_store import FaultyStore
-from tests.test_storage import es_count, make_config, make_vcons, pg_rows, pg_updated_at, s3_keys
+from tests.helpers.faulty_store import FaultyStore
+from tests.e2e.test_storage import es_count, make_config, make_vcons, pg_rows, pg_updated_at, s3_keys
 
-FAULTY = "tests.faulty_store:FaultyStore"
+FAULTY = "tests.helpers.faulty_store:FaultyStore"
 REAL = ("postgres", "s3", "elasticsearch")
 
 
@@ -188,7 +188,7 @@ def test_breaker_opens_defers_without_calling_then_closes_after_a_probe(config, 
             results = fanout.store_batch(make_vcons(3, seed=seed), {})
             assert all(r[FAULTY].status is Status.TRANSIENT for r in results.values())
         assert fanout.breakers[FAULTY].state == "open"
-        assert "circuit breaker tests.faulty_store:FaultyStore: closed -> open after 2 failures" in caplog.text
+        assert "circuit breaker tests.helpers.faulty_store:FaultyStore: closed -> open after 2 failures" in caplog.text
         assert len(store.calls) == 2
 
         vcons = make_vcons(3, seed=28)
