@@ -121,7 +121,11 @@ class Config:
     elasticsearch_password: str = ""
     elasticsearch_api_key: str = ""
     elasticsearch_index_prefix: str = ""
-    elasticsearch_part_indices: bool = False
+    elasticsearch_part_indices: bool = True  # vcon-server's per-part indices (storage/elasticsearch_parts.py)
+    elasticsearch_vcon_index: bool = False  # conserver's one document per vCon in {prefix}vcons
+    elasticsearch_cloud_id: str = ""  # Elastic Cloud; elasticsearch_url is derived from it
+    elasticsearch_ca_certs: str = ""  # a CA bundle (PEM) for https; "" = the system's / certifi's
+    elasticsearch_verify_certs: bool = True
     # --- observability ---
     log_level: str = "INFO"
     log_format: str = "text"
@@ -439,7 +443,28 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
     c["elasticsearch_password"] = get("ELASTICSEARCH_PASSWORD", "")
     c["elasticsearch_api_key"] = get("ELASTICSEARCH_API_KEY", "")
     c["elasticsearch_index_prefix"] = get("ELASTICSEARCH_INDEX_PREFIX", "")
-    c["elasticsearch_part_indices"] = parse_bool("ELASTICSEARCH_PART_INDICES", get("ELASTICSEARCH_PART_INDICES", "false"))
+    c["elasticsearch_part_indices"] = parse_bool("ELASTICSEARCH_PART_INDICES", get("ELASTICSEARCH_PART_INDICES", "true"))
+    c["elasticsearch_vcon_index"] = parse_bool("ELASTICSEARCH_VCON_INDEX", get("ELASTICSEARCH_VCON_INDEX", "false"))
+    if not (c["elasticsearch_part_indices"] or c["elasticsearch_vcon_index"]):
+        raise ConfigError("ELASTICSEARCH_PART_INDICES", "false", "true, or ELASTICSEARCH_VCON_INDEX=true (one layout at least)")
+    c["elasticsearch_cloud_id"] = cloud_id = get("ELASTICSEARCH_CLOUD_ID", "").strip()
+    if cloud_id:  # name:base64(host[:port]$es_uuid$kibana_uuid), decoded as elastic_transport's parse_cloud_id
+        import binascii
+
+        try:
+            host, es_uuid = binascii.a2b_base64(cloud_id.partition(":")[2].encode()).decode().split("$")[:2]
+            host, _, port = host.rpartition(":") if ":" in host else (host, "", "443")
+            port = str(int(port))
+        except (ValueError, UnicodeError):
+            raise ConfigError("ELASTICSEARCH_CLOUD_ID", cloud_id, "an Elastic Cloud id, name:base64") from None
+        if not host or not es_uuid or c["elasticsearch_url"]:
+            raise ConfigError("ELASTICSEARCH_CLOUD_ID", cloud_id, "an Elastic Cloud id naming a host and an "
+                              "Elasticsearch uuid, and no ELASTICSEARCH_URL with it")
+        c["elasticsearch_url"] = f"https://{es_uuid}.{host}:{port}"
+    c["elasticsearch_ca_certs"] = ca_certs = get("ELASTICSEARCH_CA_CERTS", "")
+    if ca_certs and not os.path.isfile(ca_certs):
+        raise ConfigError("ELASTICSEARCH_CA_CERTS", ca_certs, "the path of a readable PEM file")
+    c["elasticsearch_verify_certs"] = parse_bool("ELASTICSEARCH_VERIFY_CERTS", get("ELASTICSEARCH_VERIFY_CERTS", "true"))
     # --- observability ---
     c["log_level"] = parse_choice("LOG_LEVEL", get("LOG_LEVEL", "INFO"), LOG_LEVELS, upper=True)
     c["log_format"] = parse_choice("LOG_FORMAT", get("LOG_FORMAT", "text"), LOG_FORMATS)
