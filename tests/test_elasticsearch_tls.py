@@ -100,6 +100,16 @@ def _tls_config(stack_env, proxy: TlsProxy, **settings: str):
     return make_config(stack_env, ELASTICSEARCH_URL=f"https://localhost:{proxy.port}", **settings)
 
 
+def _write(config, seed: int) -> list:
+    sink = opened(config, "elasticsearch")
+    try:
+        vcons = make_vcons(2, seed=seed)
+        assert sink.write_batch(vcons) == {v.uuid: None for v in vcons}
+    finally:
+        sink.close()
+    return vcons
+
+
 def test_certificates_are_verified_by_default(stack_env, proxy):
     config = _tls_config(stack_env, proxy)  # no CA given: the system's / certifi's, which do not know ours
     assert config.elasticsearch_verify_certs is True
@@ -118,12 +128,7 @@ def test_certificates_are_verified_by_default(stack_env, proxy):
 def test_ca_certs_and_basic_auth(stack_env, os_server, proxy, certificate):
     config = _tls_config(stack_env, proxy, ELASTICSEARCH_CA_CERTS=certificate[0], ELASTICSEARCH_USER="writer",
                          ELASTICSEARCH_PASSWORD="s3cret:x")
-    sink = opened(config, "elasticsearch")
-    try:
-        vcons = make_vcons(3, seed=31)
-        assert sink.write_batch(vcons) == {v.uuid: None for v in vcons}
-    finally:
-        sink.close()
+    vcons = _write(config, seed=31)
     assert proxy.authorization() == {b"Basic " + base64.b64encode(b"writer:s3cret:x")}
     assert es_count(os_server, f"{config.elasticsearch_index_prefix}vcon*") == part_count(vcons)
 
@@ -131,24 +136,14 @@ def test_ca_certs_and_basic_auth(stack_env, os_server, proxy, certificate):
 def test_an_api_key_is_sent_instead_of_basic_auth(stack_env, proxy, certificate):
     config = _tls_config(stack_env, proxy, ELASTICSEARCH_CA_CERTS=certificate[0], ELASTICSEARCH_API_KEY="a2V5OnNlY3JldA==",
                          ELASTICSEARCH_USER="ignored", ELASTICSEARCH_PASSWORD="ignored")
-    sink = opened(config, "elasticsearch")
-    try:
-        vcons = make_vcons(2, seed=32)
-        assert sink.write_batch(vcons) == {v.uuid: None for v in vcons}
-    finally:
-        sink.close()
+    _write(config, seed=32)
     assert proxy.authorization() == {b"ApiKey a2V5OnNlY3JldA=="}  # as vcon-server: api_key, no basic auth
 
 
 def test_verification_off_only_when_told_and_it_is_logged(stack_env, proxy, caplog):
     config = _tls_config(stack_env, proxy, ELASTICSEARCH_VERIFY_CERTS="false")
     with caplog.at_level("WARNING", logger="conserver.storage.elasticsearch"):
-        sink = opened(config, "elasticsearch")
-    try:
-        vcons = make_vcons(2, seed=33)
-        assert sink.write_batch(vcons) == {v.uuid: None for v in vcons}
-    finally:
-        sink.close()
+        _write(config, seed=33)
     assert any("NOT verified" in r.getMessage() for r in caplog.records)
 
 
