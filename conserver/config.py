@@ -124,7 +124,7 @@ class Config:
     elasticsearch_part_indices: bool = True  # vcon-server's per-part indices (storage/elasticsearch_parts.py)
     elasticsearch_vcon_index: bool = False  # conserver's one document per vCon in {prefix}vcons
     elasticsearch_cloud_id: str = ""  # Elastic Cloud; elasticsearch_url is derived from it
-    elasticsearch_ca_certs: str = ""  # a CA bundle (PEM) for https; "" = the system's / certifi's
+    elasticsearch_ca_certs: str = ""  # a CA bundle (PEM) for https; "" = certifi's
     elasticsearch_verify_certs: bool = True
     # --- observability ---
     log_level: str = "INFO"

@@ -111,7 +111,7 @@ def _write(config, seed: int) -> list:
 
 
 def test_certificates_are_verified_by_default(stack_env, proxy):
-    config = _tls_config(stack_env, proxy)  # no CA given: the system's / certifi's, which do not know ours
+    config = _tls_config(stack_env, proxy)  # no CA given: certifi's, which do not know ours
     assert config.elasticsearch_verify_certs is True
     sink = ElasticsearchSink(config)
     sink.open()

@@ -21,7 +21,7 @@ One code path for Elasticsearch 8/9 and OpenSearch 2/3: opensearch-py's transpor
 plain ``application/json`` and ``application/x-ndjson`` requests, which both accept for
 ``_bulk``, ``_search``, index creation and ``_index_template``. The elasticsearch-py 8/9
 client is not used: it refuses servers that are not Elastic's and sends compatibility
-headers OpenSearch does not know. TLS is verified (the system's or certifi's CAs, or
+headers OpenSearch does not know. TLS is verified (certifi's CA bundle, or
 ELASTICSEARCH_CA_CERTS); vcon-server turns verification off when it has no ``ca_certs``,
 conserver only when told to (ELASTICSEARCH_VERIFY_CERTS=false), and says so in its log.
 ELASTICSEARCH_CLOUD_ID (config.py turns it into the URL), ELASTICSEARCH_API_KEY and
