@@ -168,32 +168,39 @@ class S3Sink(Sink):
 
     def ensure_schema(self) -> None:
         """Create the bucket (S3_CREATE_BUCKET=true) or check that it exists."""
+        self._ensure_bucket(self._boto3())
+
+    def _ensure_bucket(self, client, create: bool = True) -> bool:
+        """True if the bucket was missing (and, with ``create``, has been created)."""
         from botocore.exceptions import ClientError
 
         c = self.config
-        client = self._boto3()
         try:
             client.head_bucket(Bucket=self.bucket)
-            return
+            return False
         except ClientError as exc:
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             if status != 404 or not c.s3_create_bucket:
                 raise StoreError(f"S3 bucket {self.bucket}: {exc}", transient=True, status=status) from exc
+        if not create:
+            return True
         args: dict = {"Bucket": self.bucket}
         if c.aws_region and c.aws_region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": c.aws_region}
         try:
             client.create_bucket(**args)
         except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
-            pass
+            return False
+        return True
 
     def migrate(self, apply: bool = True) -> list[str]:
         """Rewrite the pointers an earlier conserver wrote (the whole key instead of the date
         path), moving each vCon to the key vcon-server derives from its created_at as written
         and normalizing its body on the way. That conserver put S3_PREFIX in front of keys as
         it was, so with a prefix lacking its trailing '/' its pointers are looked for there too."""
-        self.ensure_schema()
         client = self._boto3()
+        if self._ensure_bucket(client, create=apply):
+            return [f"bucket {self.bucket}: created"]  # a new bucket holds nothing to rewrite
         moved = rewritten = 0
         skipped: list[str] = []
         for prefix in dict.fromkeys((self.prefix, self.config.s3_prefix)):
