@@ -90,9 +90,13 @@ class StoreReader:
         as ``{uuid}_0`` in ``{prefix}vcon_dialog`` (the samples all have dialog)."""
         index = f"{self.cfg.elasticsearch_index_prefix}vcon_dialog"
         self._es("POST", f"/{index}/_refresh")
-        doc = self._es("POST", f"/{index}/_search", {"size": 10000, "query": {"match_all": {}}, "_source": ["vcon_id"]})
-        assert doc["hits"]["total"]["value"] < 10000, "more documents than one search returns"
-        return [h["_source"]["vcon_id"] for h in doc["hits"]["hits"] if h["_id"].endswith("_0")]
+        page = self._es("POST", f"/{index}/_search?scroll=1m", {"size": 5000, "_source": ["vcon_id"]})
+        ids: list[str] = []
+        while page["hits"]["hits"]:
+            ids += [h["_source"]["vcon_id"] for h in page["hits"]["hits"] if h["_id"].endswith("_0")]
+            page = self._es("POST", "/_search/scroll", {"scroll": "1m", "scroll_id": page["_scroll_id"]})
+        self._es("DELETE", "/_search/scroll", {"scroll_id": page["_scroll_id"]})
+        return ids
 
     def es_document(self, index: str, doc_id: str) -> dict:
         """One document as indexed, ``index`` without the prefix."""
