@@ -16,12 +16,14 @@ PostgreSQL, SeaweedFS for S3, osmem for the OpenSearch API); never the machine's
    Worker CPU = user + system time of the worker processes (psutil) over that window, per
    vCon; the same for every server process.
    - baseline: benchmarks/vcon_server_loop.py, 2 processes, BLPOP one uuid, a new thread
-     pool per vCon, one upsert + one PUT + one index() call.
+     pool per vCon, one upsert + two PUTs (the vCon and its lookup pointer) + one index()
+     call per part document (vcon-server's storage modules).
    - conserver: ``python -m conserver run``, CONSERVER_WORKERS=2, all three stores, batch
-     50 (S3_LOOKUP_OBJECTS on, its default: two PUTs per vCon against the baseline's one).
-   - conserver with S3_LOOKUP_OBJECTS=false: one PUT per vCon, the baseline's S3 work.
-   Both write the same table layout, object keys and index mappings, under names of their own
-   per round. Afterwards every store is counted: each must hold every vCon. --rounds rounds
+     50, the default layout (vcon-server's: two PUTs per vCon, the part documents in one
+     ``_bulk`` per batch).
+   - optionally (--one-put) conserver with S3_LOOKUP_OBJECTS=false: one PUT per vCon.
+   Both write vcon-server's table layout, object keys and part documents, under names of
+   their own per round. Afterwards every store is counted: each must hold every vCon. --rounds rounds
    in rotating order; the best verified round of each system counts, and each round says how
    much of the machine other processes took meanwhile (the machine may be shared). A
    conserver worker's CPU is also split by thread (/proc/PID/task/TID/schedstat, thread
@@ -237,6 +239,16 @@ def count_stores(env: dict[str, str], table: str, bucket: str, index: str, prefi
     return {"postgres_rows": rows, "s3_objects": objects, "elasticsearch_docs": docs}
 
 
+def part_docs(items: list[tuple[str, bytes]]) -> int:
+    """vcon-server's part documents for these vCons (none for one without dialog)."""
+    import orjson
+
+    from conserver.storage.compat import normalize_legacy_fields
+    from conserver.storage.elasticsearch_parts import part_documents
+
+    return sum(len(part_documents(normalize_legacy_fields(orjson.loads(b)), u, "")) for u, b in items)
+
+
 def stage(client, items: list[tuple[str, bytes]]) -> None:
     """Bodies at vcon:{uuid} and uuids RPUSHed to the staging list (QueueAdmin.enqueue)."""
     from conserver.queue.admin import QueueAdmin
@@ -257,7 +269,9 @@ def bare_clients(env: dict[str, str], items: list[tuple[str, bytes]], n_boto3: i
     from opensearchpy import OpenSearch
 
     from benchmarks.vcon_server_loop import _upsert_sql
-    from conserver.storage.elasticsearch import MAIN_MAPPINGS
+    from conserver.storage.compat import normalize_legacy_fields
+    from conserver.storage.elasticsearch_parts import part_documents
+    from conserver.storage.postgres_layout import create_index_sql, create_table_sql
 
     out = []
     docs = [orjson.loads(body) for _, body in items]
@@ -277,10 +291,11 @@ def bare_clients(env: dict[str, str], items: list[tuple[str, bytes]], n_boto3: i
     table = "bare_vcons"
     with pg_connect(env["POSTGRES_DSN"]) as conn:
         conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-        conn.execute(f'CREATE TABLE "{table}" (id uuid PRIMARY KEY, uuid uuid, vcon text, vcon_json jsonb, '
-                     "subject text, created_at timestamptz, updated_at timestamptz)")
-    rows = [(u, u, b.decode(), b.decode(), d.get("subject"), datetime.fromisoformat(d["created_at"]))
-            for (u, b), d in zip(items, docs)]
+        conn.execute(create_table_sql(table))
+        conn.execute(create_index_sql(table))
+    now = datetime.now()
+    rows = [(u, d["vcon"], u, d["created_at"], now, d.get("subject"), orjson.dumps(normalize_legacy_fields(d)).decode())
+            for (u, _), d in zip(items, docs)]
     sql = _upsert_sql(table)
     conn = psycopg.connect(env["POSTGRES_DSN"])
 
@@ -328,10 +343,10 @@ def bare_clients(env: dict[str, str], items: list[tuple[str, bytes]], n_boto3: i
         es.transport.perform_request("DELETE", f"/{index}")
     except Exception:
         pass
-    es.transport.perform_request("PUT", f"/{index}", body={"mappings": MAIN_MAPPINGS})
     action_docs = []
     for (u, _), d in zip(items, docs):
-        action_docs.append((orjson.dumps({"index": {"_index": index, "_id": u}}), {**d, "vcon_id": u}))
+        for part_index, doc_id, doc in part_documents(normalize_legacy_fields(d), u, "bare_"):
+            action_docs.append((orjson.dumps({"index": {"_index": part_index, "_id": doc_id}}), doc))
 
     def es_run():
         for lo in range(0, len(action_docs), 50):
@@ -344,7 +359,8 @@ def bare_clients(env: dict[str, str], items: list[tuple[str, bytes]], n_boto3: i
                                              body=b"\n".join(lines), headers={"content-type": "application/x-ndjson"})
             if r.get("errors"):
                 raise RuntimeError("bulk errors")
-    timed("OpenSearch API (osmem, opensearch-py)", "docs", len(action_docs), es_run, "_bulk of 50 documents")
+    timed("OpenSearch API (osmem, opensearch-py)", "docs", len(action_docs), es_run,
+          "_bulk of 50 part documents (vcon-server's layout)")
     es.close()
     return out
 
@@ -360,7 +376,7 @@ def start_baseline(env: dict[str, str], client, processes: int, workdir: Path, l
     child_env.update(env)
     child_env["PYTHONPATH"] = str(ROOT)
     argv = [PYTHON, "-m", "benchmarks.vcon_server_loop", "--processes", str(processes), "--list", BASELINE_LIST,
-            "--table", names["table"], "--bucket", names["bucket"], "--index", names["index"],
+            "--table", names["table"], "--bucket", names["bucket"], "--index-prefix", names["prefix"],
             "--key-prefix", BASELINE_KEYS]
     if not setup:
         argv.append("--no-setup")
@@ -419,8 +435,8 @@ def run_baseline(stack, env: dict[str, str], client, items, processes: int, work
     finally:
         g.stop()
     secs = t1 - t0
-    counts = count_stores(env, names["table"], names["bucket"], names["index"])
-    ok = errors == 0 and counts == {"postgres_rows": n, "s3_objects": n, "elasticsearch_docs": n}
+    counts = count_stores(env, names["table"], names["bucket"], names["prefix"] + "vcon*")
+    ok = errors == 0 and counts == {"postgres_rows": n, "s3_objects": 2 * n, "elasticsearch_docs": part_docs(items)}
     return {"system": "vcon-server-style loop", "label": label, "vcons": n, "seconds": secs, "rate": n / secs,
             "cpu_s": cpu, "worker_cpu_ms_per_vcon": 1000 * cpu["workers"] / n, "errors": errors, "counts": counts,
             "verified": ok, "cpu_idle_pct_before": round(idle, 1), "machine_busy_pct": round(busy, 1),
@@ -469,9 +485,9 @@ def run_conserver(stack, env: dict[str, str], client, items, workers: int, workd
     finally:
         c.stop()
     secs = w["drained"] - t0
-    counts = count_stores(env, names["table"], names["bucket"], names["prefix"] + "vcons")
+    counts = count_stores(env, names["table"], names["bucket"], names["prefix"] + "vcon*")
     per = 2 if lookup_objects else 1
-    ok = (counts == {"postgres_rows": n, "s3_objects": per * n, "elasticsearch_docs": n}
+    ok = (counts == {"postgres_rows": n, "s3_objects": per * n, "elasticsearch_docs": part_docs(items)}
           and depths["dlq"]["default"] == 0 and depths["delayed"] == 0)
     result = {"system": "conserver" if lookup_objects else "conserver, S3_LOOKUP_OBJECTS=false", "label": label,
               "vcons": n, "seconds": secs, "rate": n / secs, "cpu_s": cpu,
@@ -630,7 +646,7 @@ def latency_baseline(env: dict[str, str], client, factory: VconFactory, proxy: P
                      workdir: Path) -> dict[str, Any]:
     penv = proxied_env(env, proxy.ports)
     g = start_baseline(penv, client, 1, workdir, "latency-baseline",
-                       {"table": "latency_baseline", "bucket": "latency-baseline", "index": "latency_baseline"})
+                       {"table": "latency_baseline", "bucket": "latency-baseline", "prefix": "latency_baseline_"})
     try:
         warm = list(factory.make(3))
         stage(client, warm)
@@ -696,10 +712,10 @@ def build_tables(rounds: dict[str, list[dict]], bare: list[dict], lat: dict | No
     b_rate, b_cpu = base["rate"], base["worker_cpu_ms_per_vcon"]
     setups = {
         "baseline": f"{base['processes']} processes, BLPOP 1 uuid, new ThreadPoolExecutor per vCon, 1 upsert + "
-                    "1 PUT (boto3) + 1 index() (opensearch-py)",
+                    "2 PUTs (boto3) + 1 index() per part document (opensearch-py)",
         "conserver": f"{cons['workers']} workers (fork), batch 50: 1 Lua claim, 1 upsert txn (executemany), "
-                     "2 PUTs per vCon (obstore, 8 threads), 1 _bulk",
-        "conserver_one_put": "the same with 1 PUT per vCon (no lookup object), as the baseline",
+                     "2 PUTs per vCon (obstore, 8 threads), 1 _bulk of the part documents",
+        "conserver_one_put": "the same with 1 PUT per vCon (S3_LOOKUP_OBJECTS=false: no lookup pointer)",
     }
     rows = []
     for key, r in (("baseline", base), ("conserver", cons), ("conserver_one_put", one)):
@@ -854,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="conserver workers and baseline processes")
     p.add_argument("--rounds", type=int, default=2,
                    help="throughput rounds (rotating order); the best verified round of each system counts")
-    p.add_argument("--no-one-put", action="store_true", help="skip conserver with S3_LOOKUP_OBJECTS=false")
+    p.add_argument("--one-put", action="store_true", help="also conserver with S3_LOOKUP_OBJECTS=false")
     p.add_argument("--boto3-puts", type=int, default=1000, help="PUTs for the boto3 bare client (it is slow)")
     p.add_argument("--latency-batch", type=int, default=4,
                    help="the small batch size of the latency runs (<= store threads / 2: one S3 round trip)")
@@ -893,13 +909,13 @@ def main(argv: list[str] | None = None) -> int:
         items = list(factory.make(args.vcons))
         mean_kb = sum(len(b) for _, b in items) / len(items) / 1024
         bare = [] if args.skip_bare else bare_clients(env, items, args.boto3_puts)
-        order = ["baseline", "conserver"] + ([] if args.no_one_put else ["conserver_one_put"])
+        order = ["baseline", "conserver"] + (["conserver_one_put"] if args.one_put else [])
         for i in range(args.rounds):
             for key in order[i % len(order):] + order[:i % len(order)]:
                 tag = f"r{i + 1}"
                 if key == "baseline":
                     log(f"round {i + 1}: vcon-server-style loop, {args.workers} processes, {args.vcons:,} vCons")
-                    names = {"table": f"baseline_{tag}", "bucket": f"baseline-{tag}", "index": f"baseline_{tag}"}
+                    names = {"table": f"baseline_{tag}", "bucket": f"baseline-{tag}", "prefix": f"baseline_{tag}_"}
                     r = run_baseline(stack, env, client, items, args.workers, workdir, names, f"baseline-{tag}")
                 else:
                     one_put = key == "conserver_one_put"
@@ -941,9 +957,11 @@ def main(argv: list[str] | None = None) -> int:
              f"window. Afterwards every store is counted. {args.rounds} rounds in rotating order, the best verified "
              "round of each system counts (other processes on a shared machine only ever slow a round down). Ratios "
              "are to the vcon-server-style loop (benchmarks/vcon_server_loop.py) measured in this run.")
-    notes = ("conserver writes two S3 objects per vCon (the vCon and vcon-server's lookup pointer, "
-             "S3_LOOKUP_OBJECTS=true, its default); the baseline writes one (the third row writes one too). "
-             "The baseline is at-most-once (BLPOP); conserver acknowledges only after every store committed. "
+    notes = ("Both systems write vcon-server's layout (its storage modules, commit b9b0381): the peewee table's "
+             "row, two S3 objects per vCon (the vCon and its lookup pointer; the S3_LOOKUP_OBJECTS=false row, if "
+             f"run, one) and a document per part, {part_docs(items) / len(items):.1f} per sample vCon, in the part "
+             "indices: conserver in one _bulk request per batch, the baseline with one index() call per document, "
+             "as vcon-server does. The baseline is at-most-once (BLPOP); conserver acknowledges only after every store committed. "
              "boto3's put_object sends `Expect: 100-continue`, so each baseline PUT is two round trips through the "
              "latency proxy. vcon-server's own storage modules (a client per vCon) are not measured here. "
              f"Whole benchmark: {elapsed:.0f} s.")

@@ -1,31 +1,34 @@
 """The fan-out benchmark's baseline: a storage loop written the way vcon-server does it.
 
-vcon-server's main loop (server/main.py) pops one vCon id at a time with BLPOP and, with
+vcon-server's main loop (conserver/main.py) pops one vCon id at a time with BLPOP and, with
 CONSERVER_PARALLEL_STORAGE on, saves it to every storage through a *new*
 ``ThreadPoolExecutor(max_workers=len(storages))`` per vCon, waiting for all of them
-before the next pop. This module does exactly that, with the store clients made as well
-as vcon-server could make them (one per process, opened at start, not per vCon):
+before the next pop. Each storage module (common/storage/*/__init__.py, commit b9b0381)
+then writes vcon-server's layout, as this module does, with the store clients made as well
+as vcon-server could make them (one per process, opened at start, not per save)::
 
     N processes (fork), each:  BLPOP {list} -> uuid
-                               GET vcon:{uuid}, json.loads
+                               GET vcon:{uuid}, json.loads, normalize_legacy_fields
                                with ThreadPoolExecutor(3):       # new pool per vCon
-                                   PostgreSQL INSERT ... ON CONFLICT (id) DO UPDATE
-                                       (psycopg, one autocommit connection per process)
-                                   S3 put_object {YYYY/MM/DD}/{uuid}.vcon
-                                       (boto3, one client per process)
-                                   index() of one document, _id = uuid
-                                       (opensearch-py, one client per process)
+                                   PostgreSQL INSERT ... ON CONFLICT (id) DO UPDATE of the
+                                       peewee table's row (psycopg, one autocommit connection)
+                                   S3 put_object {YYYY/MM/DD}/{uuid}.vcon, then
+                                       put_object lookup/{uuid}.txt  (boto3, one client)
+                                   index() of every part document, one call each
+                                       (opensearch-py, one client), none without dialog
                                INCR {done key}               # so the harness sees progress
 
-Same layout as conserver's stores (the table's columns, the object key, the document
-with ``vcon_id``/``tenant_id``/``started_at`` and the index mappings), under names of its
-own. The body is serialized with ``json.dumps`` for PostgreSQL and S3 as vcon-server's
-``vcon.dumps()`` does. At most once, like BLPOP: nothing is acknowledged.
+The same layout as conserver's stores (the documents come from the same functions,
+conserver.storage.compat and conserver.storage.elasticsearch_parts), under names of its own;
+no index template, as vcon-server puts none. Bodies are serialized with ``json.dumps`` as
+vcon-server's ``vcon.to_dict()`` / ``json.dumps`` do. At most once, like BLPOP: nothing is
+acknowledged. vcon-server reads the body once per storage (``VconRedis.get_vcon`` in each
+``save()``); this loop reads it once per vCon.
 
     REDIS_URL=... POSTGRES_DSN=... S3_ENDPOINT_URL=... AWS_ACCESS_KEY_ID=... \\
     AWS_SECRET_ACCESS_KEY=... ELASTICSEARCH_URL=... \\
     python -m benchmarks.vcon_server_loop --processes 2 --list baseline \\
-        --table baseline_vcons --bucket baseline --index baseline_vcons
+        --table baseline_vcons --bucket baseline --index-prefix baseline_
 
 Each process INCRs ``{key prefix}:ready`` once its clients are open; errors are counted
 in ``{key prefix}:errors`` (and the first few logged). SIGTERM stops the loop within a
@@ -42,7 +45,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from datetime import datetime, timezone
+from datetime import datetime
 
 _stopping = False
 
@@ -80,50 +83,30 @@ def _es_client(s: dict[str, str]):
 
 
 def _upsert_sql(table: str) -> str:
-    cols = ("id", "uuid", "vcon", "vcon_json", "subject", "created_at", "updated_at")
+    """peewee's ``insert(**vcon_data).on_conflict(conflict_target=id, update=vcon_data)``; the
+    created_at string goes as text and PostgreSQL's timestamp parser reads it, as with peewee."""
+    cols = ("id", "vcon", "uuid", "created_at", "updated_at", "subject", "vcon_json")
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != "id")
-    return (f'INSERT INTO "{table}" ({", ".join(cols)}) VALUES (%s::uuid, %s::uuid, %s, %s::jsonb, %s, %s, now()) '
-            f"ON CONFLICT (id) DO UPDATE SET {updates}")
+    return (f'INSERT INTO "{table}" ({", ".join(cols)}) VALUES (%s::uuid, %s, %s::uuid, %s::timestamp, %s, %s, '
+            f"%s::jsonb) ON CONFLICT (id) DO UPDATE SET {updates}")
 
 
-def setup(table: str, bucket: str, index: str) -> None:
-    """Table, bucket and index, once, before the processes start (like `conserver migrate`)."""
+def setup(table: str, bucket: str) -> None:
+    """Table and bucket, once, before the processes start (the part indices come dynamically)."""
     import psycopg
     from botocore.exceptions import ClientError
 
-    from conserver.storage.elasticsearch import MAIN_MAPPINGS
+    from conserver.storage.postgres_layout import create_index_sql, create_table_sql
 
     s = _settings()
     with psycopg.connect(s["dsn"], autocommit=True) as conn:
-        conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (id uuid PRIMARY KEY, uuid uuid, vcon text, '
-                     "vcon_json jsonb, subject text, created_at timestamptz, updated_at timestamptz)")
+        conn.execute(create_table_sql(table))
+        conn.execute(create_index_sql(table))
     s3 = _s3_client(s)
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError:
         s3.create_bucket(Bucket=bucket)
-    es = _es_client(s)
-    if not es.indices.exists(index=index):
-        es.indices.create(index=index, body={"mappings": MAIN_MAPPINGS})
-    es.close()
-
-
-def _started_at(vcon: dict) -> str:
-    starts = []
-    for d in vcon.get("dialog") or []:
-        if isinstance(d, dict) and isinstance(d.get("start"), str):
-            try:
-                starts.append(datetime.fromisoformat(d["start"]).astimezone(timezone.utc))
-            except ValueError:
-                pass
-    return (min(starts) if starts else datetime.fromisoformat(vcon["created_at"])).isoformat()
-
-
-def _tenant(vcon: dict) -> str | None:
-    for a in vcon.get("attachments") or []:
-        if isinstance(a, dict) and a.get("type") == "tenant" and isinstance(a.get("body"), dict):
-            return a["body"].get("id")
-    return None
 
 
 def worker(number: int, args: argparse.Namespace) -> None:
@@ -138,6 +121,9 @@ def worker(number: int, args: argparse.Namespace) -> None:
     import psycopg
     import redis
 
+    from conserver.storage.compat import normalize_legacy_fields, wall_clock_date
+    from conserver.storage.elasticsearch_parts import part_documents
+
     s = _settings()
     r = redis.Redis.from_url(s["redis_url"])
     pg = psycopg.connect(s["dsn"], autocommit=True)
@@ -148,19 +134,17 @@ def worker(number: int, args: argparse.Namespace) -> None:
     logged = 0
 
     def save_postgres(uuid: str, vcon: dict) -> None:
-        text = json.dumps(vcon)
-        pg.execute(upsert, (uuid, uuid, text, text, vcon.get("subject"), datetime.fromisoformat(vcon["created_at"])))
+        pg.execute(upsert, (uuid, vcon["vcon"], uuid, vcon["created_at"], datetime.now(), vcon.get("subject"),
+                            json.dumps(vcon)))
 
     def save_s3(uuid: str, vcon: dict) -> None:
-        created = datetime.fromisoformat(vcon["created_at"])
-        s3.put_object(Bucket=args.bucket, Key=f"{created:%Y/%m/%d}/{uuid}.vcon", Body=json.dumps(vcon))
+        date_path = wall_clock_date(vcon["created_at"])
+        s3.put_object(Bucket=args.bucket, Key=f"{date_path}/{uuid}.vcon", Body=json.dumps(vcon))
+        s3.put_object(Bucket=args.bucket, Key=f"lookup/{uuid}.txt", Body=date_path.encode())
 
     def save_elasticsearch(uuid: str, vcon: dict) -> None:
-        doc = dict(vcon)
-        doc["vcon_id"] = uuid
-        doc["tenant_id"] = _tenant(vcon)
-        doc["started_at"] = _started_at(vcon)
-        es.index(index=args.index, id=uuid, body=doc)
+        for index, doc_id, doc in part_documents(vcon, uuid, args.index_prefix):
+            es.index(index=index, id=doc_id, body=doc)
 
     storages = (save_postgres, save_s3, save_elasticsearch)
     r.incr(f"{prefix}:ready")
@@ -173,7 +157,7 @@ def worker(number: int, args: argparse.Namespace) -> None:
         if raw is None:
             r.incr(f"{prefix}:errors")
             continue
-        vcon = json.loads(raw)
+        vcon = normalize_legacy_fields(json.loads(raw))
         failed = False
         with ThreadPoolExecutor(max_workers=len(storages)) as executor:  # a new pool per vCon, as vcon-server
             futures = {executor.submit(save, uuid, vcon): save.__name__ for save in storages}
@@ -199,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", default="baseline", help="the Redis list of uuids to BLPOP")
     parser.add_argument("--table", default="baseline_vcons")
     parser.add_argument("--bucket", default="baseline")
-    parser.add_argument("--index", default="baseline_vcons")
+    parser.add_argument("--index-prefix", default="baseline_", help="the part indices' prefix")
     parser.add_argument("--key-prefix", default="vcon_server_loop", help="Redis keys for ready/done/errors counters")
-    parser.add_argument("--no-setup", action="store_true", help="the table, bucket and index exist already")
+    parser.add_argument("--no-setup", action="store_true", help="the table and bucket exist already")
     args = parser.parse_args(argv)
     if not args.no_setup:
-        setup(args.table, args.bucket, args.index)
+        setup(args.table, args.bucket)
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
     ctx = multiprocessing.get_context("fork")  # vcon-server's default on Linux

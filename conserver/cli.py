@@ -156,15 +156,20 @@ def cmd_dlq(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, cfg: Config) -> int:
+    """Create what is missing and bring what an earlier conserver wrote to vcon-server's layout,
+    saying what changes (with --dry-run: what would)."""
     from conserver.storage import load_sinks
 
     for sink in load_sinks(cfg.stores_used, cfg):
         sink.open()
         try:
-            sink.ensure_schema()
-            print(f"{sink.name}: ready")
+            changes = sink.migrate(apply=not args.dry_run)
         finally:
             sink.close()
+        for change in changes:
+            print(f"{sink.name}: {'to do' if args.dry_run else 'done'}: {change}")
+        if not changes:
+            print(f"{sink.name}: ready, nothing to change")
     return 0
 
 
@@ -223,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--list", help="only this ingress list")
     dlq.add_argument("--limit", type=int, default=100)
     dlq.add_argument("--json", action="store_true")
-    sub.add_parser("migrate", help="create the PostgreSQL table, the S3 bucket, the index when missing")
+    mig = sub.add_parser("migrate", help="create the table, bucket and index templates when missing; bring an "
+                         "earlier conserver's layout to vcon-server's, saying what changes")
+    mig.add_argument("--dry-run", action="store_true", help="only say what would change")
     st = sub.add_parser("status", help="workers of every host, queue depths, dead letters (from Redis)")
     st.add_argument("--json", action="store_true")
     sub.add_parser("dev", help="run private Redis, PostgreSQL, S3 and OpenSearch servers (see --help)", add_help=False)

@@ -24,6 +24,7 @@ This package depends on nothing else in the project.
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import functools
 import os
@@ -156,6 +157,7 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
         values["pools_file"] = pools_file
     if values["redis_sentinels"] and not values["redis_sentinel_master"]:
         raise ConfigError("REDIS_SENTINEL_MASTER", "", "the master's name when REDIS_SENTINELS is set")
+    _resolve_elasticsearch(values)
     workers = _resolve_workers(values)
     pools = build_pools(pools_file=values["pools_file"], pools=values["pools_inline"], workers=workers,
                         ingress_lists=values["ingress_lists"], storages=values["storages"],
@@ -166,6 +168,27 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
         if s.needed_by and s.needed_by in cfg.stores_used and not getattr(cfg, s.field):
             raise ConfigError(s.env, "", f"a value when CONSERVER_STORAGES includes {s.needed_by}")
     return cfg
+
+
+def _resolve_elasticsearch(values: dict[str, Any]) -> None:
+    """One layout at least; the URL from an Elastic Cloud id; a CA bundle that exists."""
+    if not (values["elasticsearch_part_indices"] or values["elasticsearch_vcon_index"]):
+        raise ConfigError("ELASTICSEARCH_PART_INDICES", "false", "true, or ELASTICSEARCH_VCON_INDEX=true (one layout at least)")
+    cloud_id = values["elasticsearch_cloud_id"] = values["elasticsearch_cloud_id"].strip()
+    if cloud_id:  # name:base64(host[:port]$es_uuid$kibana_uuid), decoded as elastic_transport's parse_cloud_id
+        try:
+            host, es_uuid = binascii.a2b_base64(cloud_id.partition(":")[2].encode()).decode().split("$")[:2]
+            host, _, port = host.rpartition(":") if ":" in host else (host, "", "443")
+            port = str(int(port))
+        except (ValueError, UnicodeError, binascii.Error):
+            raise ConfigError("ELASTICSEARCH_CLOUD_ID", cloud_id, "an Elastic Cloud id, name:base64") from None
+        if not host or not es_uuid or values["elasticsearch_url"]:
+            raise ConfigError("ELASTICSEARCH_CLOUD_ID", cloud_id, "an Elastic Cloud id naming a host and an "
+                              "Elasticsearch uuid, and no ELASTICSEARCH_URL with it")
+        values["elasticsearch_url"] = f"https://{es_uuid}.{host}:{port}"
+    ca_certs = values["elasticsearch_ca_certs"]
+    if ca_certs and not os.path.isfile(ca_certs):
+        raise ConfigError("ELASTICSEARCH_CA_CERTS", ca_certs, "the path of a readable PEM file")
 
 
 # ----------------------------------------------------------------------------------------

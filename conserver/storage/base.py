@@ -9,7 +9,8 @@ nothing exists before a fork)::
 
     sink = SomeSink(config)        # cheap: reads settings, opens nothing
     sink.open()                    # clients, pools, threads
-    sink.ensure_schema()           # table / bucket / index if missing (also `conserver migrate`)
+    sink.ensure_schema()           # table / bucket / index if missing
+    sink.migrate(apply)            # `conserver migrate`: an earlier layout brought to this one
     sink.write_batch(vcons)        # {uuid: None (committed) | the error for that vCon}
     sink.close()
 
@@ -102,6 +103,13 @@ class Sink(ABC):
 
     def ensure_schema(self) -> None:
         """Create the table, bucket or index (template) if missing. Idempotent."""
+
+    def migrate(self, apply: bool = True) -> list[str]:
+        """``conserver migrate``: bring what the store holds to this store's layout and return
+        what was changed (with ``apply=False``, what would be). By default: ensure_schema()."""
+        if apply:
+            self.ensure_schema()
+        return []
 
     def is_transient(self, exc: BaseException) -> bool:
         """True if ``exc`` (raised by write_batch or returned for one vCon) may pass on a retry."""

@@ -1,17 +1,20 @@
 """PostgreSQL store: one row per vCon in vcon-server's table layout, a batch per transaction.
 
-Table (POSTGRES_TABLE, default ``vcons``), the same columns vcon-server creates::
-
-    id uuid PRIMARY KEY, uuid uuid, vcon text, vcon_json jsonb, subject text,
-    created_at timestamptz, updated_at timestamptz
+The table (POSTGRES_TABLE, default ``vcons``) is the one vcon-server's peewee model creates,
+and a row holds what vcon-server's ``save()`` puts in it (postgres_layout.py has the DDL and
+the meaning of every column): ``vcon`` the version string, ``created_at`` the wall-clock time
+written in the vCon, ``vcon_json`` the vCon with legacy field names normalized (compat.py).
+vcon-server's ``get()`` (``SELECT vcon_json ... WHERE id = uuid``) reads it back, as does
+:meth:`PostgresSink.fetch`. A table vcon-server created is used as it is; one an earlier
+conserver created works too, and ``conserver migrate`` brings it to this layout.
 
 A batch is one ``INSERT ... ON CONFLICT (id) DO UPDATE`` run with ``executemany`` (psycopg 3
 pipelines it: one round trip) in one transaction, so writing a vCon again replaces its row.
-``vcon`` and ``vcon_json`` both get the raw JSON text, cast to jsonb by the server: no JSON
-is encoded in Python. Measured for batches of 50 vCons of 1.5 KB against COPY into a temp
-table + ``INSERT ... SELECT`` and against one ``INSERT ... SELECT FROM unnest(arrays)``:
-executemany was the fastest in wall time (5-7 ms per batch vs 7-31 ms and 11-15 ms) at
-about the same client CPU (0.03 ms per vCon; unnest 0.11-0.15 ms).
+The body goes as JSON text, cast to jsonb by the server: the bytes received when nothing
+needed normalizing, no JSON encoded in Python. Measured for batches of 50 vCons of 1.5 KB
+against COPY into a temp table + ``INSERT ... SELECT`` and against one ``INSERT ... SELECT
+FROM unnest(arrays)``: executemany was the fastest in wall time (5-7 ms per batch vs 7-31 ms
+and 11-15 ms) at about the same client CPU (0.03 ms per vCon; unnest 0.11-0.15 ms).
 
 If a batch fails with a data error (e.g. a ``\\u0000`` escape jsonb refuses), it is written
 again row by row under savepoints, so only the offending vCon gets the (permanent) error.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import datetime
 from typing import TYPE_CHECKING, Sequence
 
 import psycopg
@@ -28,7 +32,9 @@ from psycopg import pq
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from conserver.storage import postgres_layout as layout
 from conserver.storage.base import BatchResult, Sink, dedupe
+from conserver.storage.compat import stored_body
 
 if TYPE_CHECKING:
     from conserver.config import Config
@@ -44,7 +50,17 @@ _TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 # table (dropped under us), insufficient privilege, database missing.
 _TRANSIENT_STATES = frozenset({"55P03", "55006", "42P01", "42501", "3D000"})
 
-_COLUMNS = ("id", "uuid", "vcon", "vcon_json", "subject", "created_at", "updated_at")
+_COLUMNS = ("id", "vcon", "uuid", "created_at", "updated_at", "subject", "vcon_json")
+# What each column gets from the row tuple (column v.NAME holds the parameter, as text).
+_VALUES = {
+    "id": sql.SQL("v.id::uuid"),
+    "vcon": sql.SQL("v.vcon"),
+    "uuid": sql.SQL("v.uuid::uuid"),
+    "created_at": layout.created_at_sql(sql.SQL("v.created_at")),
+    "updated_at": sql.SQL("v.updated_at::timestamp"),
+    "subject": sql.SQL("v.subject"),
+    "vcon_json": sql.SQL("v.vcon_json::jsonb"),
+}
 
 
 class PostgresSink(Sink):
@@ -53,20 +69,16 @@ class PostgresSink(Sink):
     def __init__(self, config: "Config") -> None:
         super().__init__(config)
         self._pool: ConnectionPool | None = None
-        table = sql.Identifier(config.postgres_table)
-        columns = sql.SQL(", ").join(map(sql.Identifier, _COLUMNS))
+        self.table = config.postgres_table
+        table = sql.Identifier(self.table)
+        names = sql.SQL(", ").join(map(sql.Identifier, _COLUMNS))
         updates = sql.SQL(", ").join(
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in _COLUMNS if c != "id"
         )
         self._upsert = sql.SQL(
-            "INSERT INTO {table} ({columns}) VALUES (%s::uuid, %s::uuid, %s, %s::jsonb, %s, %s, now()) "
+            "INSERT INTO {table} ({names}) SELECT {values} FROM (VALUES (%s, %s, %s, %s, %s, %s, %s)) AS v({names}) "
             "ON CONFLICT (id) DO UPDATE SET {updates}"
-        ).format(table=table, columns=columns, updates=updates)
-        self._create = sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {table} ("
-            "id uuid PRIMARY KEY, uuid uuid, vcon text, vcon_json jsonb, subject text, "
-            "created_at timestamptz, updated_at timestamptz)"
-        ).format(table=table)
+        ).format(table=table, names=names, values=sql.SQL(", ").join(_VALUES[c] for c in _COLUMNS), updates=updates)
         self._select = sql.SQL("SELECT vcon_json FROM {table} WHERE id = %s::uuid").format(table=table)
 
     # -- lifecycle
@@ -116,9 +128,10 @@ class PostgresSink(Sink):
 
     def write_batch(self, vcons: Sequence["Vcon"]) -> BatchResult:
         rows = []
+        now = datetime.now()  # vcon-server's updated_at: the writer's local time, no zone
         for v in dedupe(vcons):
-            text = v.raw.decode()
-            rows.append((v.uuid, v.uuid, text, text, v.subject, v.created_at))
+            data, body = stored_body(v)
+            rows.append((v.uuid, data["vcon"], v.uuid, data["created_at"], now, v.subject, body.decode()))
         try:
             self._upsert_batch(rows)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
@@ -180,21 +193,34 @@ class PostgresSink(Sink):
     # -- schema and reading
 
     def ensure_schema(self) -> None:
-        # The advisory lock serialises workers that start together: concurrent CREATE TABLE
-        # IF NOT EXISTS can still fail with a unique violation in pg_type.
-        if self._pool is not None:
-            with self._connection() as conn:
-                self._create_table(conn)
-        else:
-            with psycopg.connect(self.config.postgres_dsn, connect_timeout=max(2, math.ceil(self.config.store_timeout))) as conn:
-                self._create_table(conn)
+        """Create the table and its index if missing; warn when an existing one needs `conserver migrate`."""
+        with self._schema_connection() as conn:
+            # The advisory lock serialises workers that start together: concurrent CREATE TABLE
+            # IF NOT EXISTS can still fail with a unique violation in pg_type.
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('conserver.ensure_schema'))")
+                exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                      (sql.Identifier(self.table).as_string(conn),)).fetchone()[0]
+                if not exists:
+                    conn.execute(layout.create_table_sql(self.table))
+                    conn.execute(layout.create_index_sql(self.table))
+            problems = layout.layout_problems(conn, self.table) if exists else []
+        if problems:
+            log.warning("postgres: table %s is not in vcon-server's layout (%s): run `conserver migrate`",
+                        self.table, "; ".join(problems))
 
-    def _create_table(self, conn: psycopg.Connection) -> None:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('conserver.ensure_schema'))")
-            conn.execute(self._create)
+    def migrate(self, apply: bool = True) -> list[str]:
+        with self._schema_connection() as conn:
+            conn.autocommit = True
+            return layout.migrate(conn, self.table, apply)
+
+    def _schema_connection(self):
+        if self._pool is not None:
+            return self._connection()
+        return psycopg.connect(self.config.postgres_dsn, connect_timeout=max(2, math.ceil(self.config.store_timeout)))
 
     def fetch(self, uuid: str) -> dict | None:
+        """vcon-server's ``get()``: the row's vcon_json."""
         with self._connection() as conn:
             row = conn.execute(self._select, (uuid,)).fetchone()
         return row[0] if row else None

@@ -1,9 +1,17 @@
-"""S3 store: one object per vCon plus vcon-server's lookup pointer, PUT concurrently.
+"""S3 store: one object per vCon plus its lookup pointer, in vcon-server's layout, PUT concurrently.
 
-Objects, for a vCon created on 2024-05-17 (the date of ``created_at``, UTC)::
+Objects, for a vCon whose ``created_at`` is ``2024-05-17T23:30:00-05:00`` (the date as
+written, not the UTC one), with S3_PREFIX ``archive`` (vcon-server's ``s3_path``)::
 
-    {S3_PREFIX}2024/05/17/{uuid}.vcon     body: the vCon JSON as received, application/json
-    {S3_PREFIX}lookup/{uuid}.txt          body: the key of the object above
+    archive/2024/05/17/{uuid}.vcon     body: the vCon JSON, legacy fields normalized, application/json
+    archive/lookup/{uuid}.txt          body: 2024/05/17 (the date path only)
+
+exactly what vcon-server's storage module writes (common/storage/s3/__init__.py, commit
+b9b0381: the prefix as ``s3_path.rstrip('/') + '/'``, the date from
+``datetime.fromisoformat(created_at)``), so its ``get()`` and ``delete()``, which read the
+pointer and rebuild the key from it, find every vCon. ``conserver migrate`` rewrites the
+pointers of an earlier conserver, which held the whole key (and put a vCon whose created_at
+has an offset under its UTC date).
 
 A PUT overwrites, so writing a vCon again leaves one object of each (its created_at, hence
 its key, does not change). The PUTs of a batch run on a long-lived pool of
@@ -13,7 +21,8 @@ The client is obstore (Rust, object_store crate): measured on this machine for 1
 of 1.5 KB with 8 threads against SeaweedFS it costs 0.26 ms of CPU per PUT against 2.3 ms
 for boto3 (2.5 ms with a tuned botocore Config), and does 3.4 times the PUTs per second.
 Retries are the fan-out's (obstore's own are off); the timeout is CONSERVER_STORE_TIMEOUT.
-boto3 is used only to create a missing bucket (S3_CREATE_BUCKET), which obstore cannot do.
+boto3 is used only to create a missing bucket (S3_CREATE_BUCKET) and to migrate, which
+obstore cannot do.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import S3Store
 
 from conserver.storage.base import BatchResult, Sink, StoreError, http_status_is_transient
+from conserver.storage.compat import stored_body, wall_clock_date
+from conserver.vcon import InvalidVcon, parse_vcon
 
 if TYPE_CHECKING:
     from conserver.config import Config
@@ -46,13 +57,13 @@ class S3Sink(Sink):
     def __init__(self, config: "Config", *, lookup_objects: bool | None = None) -> None:
         super().__init__(config)
         self.bucket = config.s3_bucket
-        self.prefix = config.s3_prefix
+        self.prefix = config.s3_prefix.rstrip("/") + "/" if config.s3_prefix else ""
         self.lookup_objects = config.s3_lookup_objects if lookup_objects is None else lookup_objects
         self._store: S3Store | None = None
         self._threads: ThreadPoolExecutor | None = None
 
-    def key_for(self, vcon: "Vcon") -> str:
-        return f"{self.prefix}{vcon.created_at:%Y/%m/%d}/{vcon.uuid}.vcon"
+    def key_for(self, uuid: str, date_path: str) -> str:
+        return f"{self.prefix}{date_path}/{uuid}.vcon"
 
     def lookup_key(self, uuid: str) -> str:
         return f"{self.prefix}lookup/{uuid}.txt"
@@ -110,10 +121,10 @@ class S3Sink(Sink):
         submit = self._threads.submit
         jobs = []
         for v in vcons:
-            key = self.key_for(v)
-            jobs.append((v.uuid, submit(self._put, key, v.raw, _ATTRIBUTES)))
+            date_path = wall_clock_date(v.data["created_at"])
+            jobs.append((v.uuid, submit(self._put, self.key_for(v.uuid, date_path), stored_body(v)[1], _ATTRIBUTES)))
             if self.lookup_objects:
-                jobs.append((v.uuid, submit(self._put, self.lookup_key(v.uuid), key.encode(), _LOOKUP_ATTRIBUTES)))
+                jobs.append((v.uuid, submit(self._put, self.lookup_key(v.uuid), date_path.encode(), _LOOKUP_ATTRIBUTES)))
         # obstore's own timeout bounds each PUT; this bounds the wait for a free thread too.
         wait([f for _, f in jobs], timeout=self.config.store_timeout * 2 + 1)
         result: BatchResult = dict.fromkeys((v.uuid for v in vcons), None)
@@ -140,14 +151,12 @@ class S3Sink(Sink):
 
     # -- schema and reading
 
-    def ensure_schema(self) -> None:
-        """Create the bucket (S3_CREATE_BUCKET=true) or check that it exists."""
+    def _boto3(self):
         import boto3
         from botocore.config import Config as BotoConfig
-        from botocore.exceptions import ClientError
 
         c = self.config
-        client = boto3.session.Session().client(
+        return boto3.session.Session().client(
             "s3",
             endpoint_url=c.s3_endpoint_url or None,
             aws_access_key_id=c.aws_access_key_id or None,
@@ -155,28 +164,86 @@ class S3Sink(Sink):
             region_name=c.aws_region,
             config=BotoConfig(connect_timeout=c.store_timeout, read_timeout=c.store_timeout, retries={"total_max_attempts": 2}),
         )
+
+    def ensure_schema(self) -> None:
+        """Create the bucket (S3_CREATE_BUCKET=true) or check that it exists."""
+        self._ensure_bucket(self._boto3())
+
+    def _ensure_bucket(self, client, create: bool = True) -> bool:
+        """True if the bucket was missing (and, with ``create``, has been created)."""
+        from botocore.exceptions import ClientError
+
+        c = self.config
         try:
             client.head_bucket(Bucket=self.bucket)
-            return
+            return False
         except ClientError as exc:
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
             if status != 404 or not c.s3_create_bucket:
                 raise StoreError(f"S3 bucket {self.bucket}: {exc}", transient=True, status=status) from exc
+        if not create:
+            return True
         args: dict = {"Bucket": self.bucket}
         if c.aws_region and c.aws_region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": c.aws_region}
         try:
             client.create_bucket(**args)
         except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
-            pass
+            return False
+        return True
+
+    def migrate(self, apply: bool = True) -> list[str]:
+        """Rewrite the pointers an earlier conserver wrote (the whole key instead of the date
+        path), moving each vCon to the key vcon-server derives from its created_at as written
+        and normalizing its body on the way. That conserver put S3_PREFIX in front of keys as
+        it was, so with a prefix lacking its trailing '/' its pointers are looked for there too."""
+        client = self._boto3()
+        if self._ensure_bucket(client, create=apply):
+            return [f"bucket {self.bucket}: created"]  # a new bucket holds nothing to rewrite
+        moved = rewritten = 0
+        skipped: list[str] = []
+        for prefix in dict.fromkeys((self.prefix, self.config.s3_prefix)):
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{prefix}lookup/")
+            for obj in (o for page in pages for o in page.get("Contents", [])):
+                if not obj["Key"].endswith(".txt") or obj["Size"] == len("YYYY/MM/DD"):
+                    continue
+                old_key = client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read().decode().strip()
+                if not old_key.endswith(".vcon"):
+                    continue
+                rewritten += 1
+                if apply:
+                    try:
+                        moved += self._move_to_vcon_server_key(client, obj["Key"], old_key)
+                    except (InvalidVcon, client.exceptions.NoSuchKey) as exc:
+                        skipped.append(f"{old_key} ({exc})")
+        if not rewritten:
+            return []
+        changes = [f"{rewritten - len(skipped)} lookup pointers holding a whole key: the date path instead"
+                   + (f"; {moved} vCons moved to the key vcon-server reads" if apply else "")]
+        return changes + [f"left as it was: {s}" for s in skipped]
+
+    def _move_to_vcon_server_key(self, client, old_pointer: str, old_key: str) -> int:
+        vcon = parse_vcon(client.get_object(Bucket=self.bucket, Key=old_key)["Body"].read(), None, 0)
+        date_path = wall_clock_date(vcon.data["created_at"])
+        key, pointer = self.key_for(vcon.uuid, date_path), self.lookup_key(vcon.uuid)
+        client.put_object(Bucket=self.bucket, Key=key, Body=stored_body(vcon)[1], ContentType="application/json")
+        client.put_object(Bucket=self.bucket, Key=pointer, Body=date_path.encode(), ContentType="text/plain")
+        if pointer != old_pointer:
+            client.delete_object(Bucket=self.bucket, Key=old_pointer)
+        if key != old_key:
+            client.delete_object(Bucket=self.bucket, Key=old_key)
+            return 1
+        return 0
 
     def fetch(self, uuid: str) -> dict | None:
-        """Through the lookup object (vcon-server's way to find a vCon without its date)."""
+        """vcon-server's ``get()``: the date path from the pointer, then the vCon (an earlier
+        conserver's pointer, which holds the whole key, is read too)."""
         import orjson
 
         store = self._store or self._make_store()
         try:
-            key = bytes(obstore.get(store, self.lookup_key(uuid)).bytes()).decode()
+            pointer = bytes(obstore.get(store, self.lookup_key(uuid)).bytes()).decode().strip()
+            key = pointer if pointer.endswith(".vcon") else self.key_for(uuid, pointer)
             return orjson.loads(bytes(obstore.get(store, key).bytes()))
         except FileNotFoundError:
             return None

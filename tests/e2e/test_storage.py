@@ -22,6 +22,7 @@ from conserver.storage.postgres import PostgresSink
 from conserver.storage.s3 import S3Sink
 from conserver.dev.samples import sample_vcon
 from conserver.vcon import Vcon, parse_vcon
+from tests.helpers.vcon_server_reads import es_documents, vcon_server_view
 
 STORES = ("postgres", "s3", "elasticsearch")
 
@@ -76,6 +77,27 @@ def es_count(os_server, index: str, query: str | None = None) -> int:
     return es_request(os_server, "GET", f"/{index}/_count" + (f"?q={query}" if query else ""))["count"]
 
 
+def expected_fetch(sink: Sink, data: dict) -> dict | None:
+    """What ``sink.fetch`` gives back: what vcon-server stores (PostgreSQL, S3) or, without the vCon
+    index, vcon-server's part documents put back in place, without the fields the store adds."""
+    stored = vcon_server_view(data)
+    if not isinstance(sink, ElasticsearchSink):
+        return stored
+    if sink.vcon_index:
+        return stored
+    docs = es_documents(stored, data["uuid"], sink.prefix)
+    added = ("vcon_id", "started_at", "tenant_id")
+    return {"uuid": data["uuid"], **{
+        field: [{k: v for k, v in doc.items() if k not in added} for index, _, doc in docs
+                if index.startswith(f"{sink.prefix}vcon_{field}")]
+        for field in ("parties", "attachments", "analysis", "dialog")}} if docs else None
+
+
+def part_count(vcons: list[Vcon], prefix: str = "") -> int:
+    """vcon-server's part documents for these vCons."""
+    return sum(len(es_documents(vcon_server_view(v.data), v.uuid, prefix)) for v in vcons)
+
+
 def opened(config, name: str) -> Sink:
     (sink,) = load_sinks([name], config)
     sink.open()
@@ -102,7 +124,7 @@ def test_write_batch_then_fetch_returns_the_same_vcon(sink):
     vcons = make_vcons(12, seed=1)
     assert sink.write_batch(vcons) == {v.uuid: None for v in vcons}
     for v in vcons:
-        assert sink.fetch(v.uuid) == v.data
+        assert sink.fetch(v.uuid) == expected_fetch(sink, v.data)
     assert sink.fetch("00000000-0000-4000-8000-000000000000") is None
 
 
@@ -121,8 +143,8 @@ def test_writing_twice_leaves_one_copy(sink, config, pg_server, s3_server, os_se
             main = f"{v.created_at:%Y/%m/%d}/{v.uuid}.vcon"
             assert main in keys and f"lookup/{v.uuid}.txt" in keys
     else:
-        assert es_count(os_server, sink.index) == 10
-        assert all(es_count(os_server, sink.index, f"vcon_id:{v.uuid}") == 1 for v in vcons)
+        assert es_count(os_server, f"{sink.prefix}vcon*") == part_count(vcons)
+        assert all(es_count(os_server, f"{sink.prefix}vcon_dialog", f"vcon_id:{v.uuid}") == 2 for v in vcons)
 
 
 def test_ensure_schema_is_idempotent(sink):
@@ -142,18 +164,21 @@ def test_postgres_table_is_vcon_server_compatible(config):
         sink.write_batch([v])
         with psycopg.connect(config.postgres_dsn) as conn:
             columns = conn.execute(
-                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
-                [config.postgres_table],
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = %s "
+                "ORDER BY ordinal_position", [config.postgres_table],
             ).fetchall()
-            row = conn.execute(f'SELECT id::text, uuid::text, vcon, vcon_json, subject, created_at, updated_at FROM "{config.postgres_table}"').fetchone()
+            row = conn.execute(f'SELECT id::text, vcon, uuid::text, created_at, updated_at, subject, vcon_json '
+                               f'FROM "{config.postgres_table}"').fetchone()
     finally:
         sink.close()
-    assert columns == [
-        ("id", "uuid"), ("uuid", "uuid"), ("vcon", "text"), ("vcon_json", "jsonb"), ("subject", "text"),
-        ("created_at", "timestamp with time zone"), ("updated_at", "timestamp with time zone"),
+    assert columns == [  # vcon-server's peewee model
+        ("id", "uuid", "NO"), ("vcon", "text", "NO"), ("uuid", "uuid", "NO"),
+        ("created_at", "timestamp without time zone", "NO"), ("updated_at", "timestamp without time zone", "YES"),
+        ("subject", "text", "YES"), ("vcon_json", "jsonb", "YES"),
     ]  # fmt: skip
-    assert row[:5] == (v.uuid, v.uuid, v.raw.decode(), v.data, v.subject)
-    assert row[5] == v.created_at and row[6] is not None
+    assert row[:3] == (v.uuid, "0.0.1", v.uuid) and row[5] == v.subject
+    assert row[3] == v.created_at.replace(tzinfo=None) and row[4] is not None  # the samples are written in UTC
+    assert row[6] == vcon_server_view(v.data) and "mediatype" in row[6]["dialog"][0]
 
 
 def test_postgres_bad_row_fails_alone_and_permanently(config):
@@ -174,20 +199,20 @@ def test_postgres_bad_row_fails_alone_and_permanently(config):
 
 
 def test_s3_objects_keys_content_type_and_prefix(stack_env, s3_server):
-    config = make_config(stack_env, S3_PREFIX="archive/")
+    config = make_config(stack_env, S3_PREFIX="archive")  # vcon-server's s3_path: one '/' follows it
     sink = opened(config, "s3")
     try:
         v = make_vcons(1, seed=7)[0]
         assert sink.write_batch([v]) == {v.uuid: None}
-        assert sink.fetch(v.uuid) == v.data
+        assert sink.fetch(v.uuid) == vcon_server_view(v.data)
     finally:
         sink.close()
     key = f"archive/{v.created_at:%Y/%m/%d}/{v.uuid}.vcon"
     client = s3_server.client()
     main = client.get_object(Bucket=config.s3_bucket, Key=key)
-    assert main["ContentType"] == "application/json" and main["Body"].read() == v.raw
+    assert main["ContentType"] == "application/json" and json.loads(main["Body"].read()) == vcon_server_view(v.data)
     lookup = client.get_object(Bucket=config.s3_bucket, Key=f"archive/lookup/{v.uuid}.txt")
-    assert lookup["Body"].read().decode() == key
+    assert lookup["Body"].read().decode() == f"{v.created_at:%Y/%m/%d}"
 
 
 def test_s3_ensure_schema_creates_a_missing_bucket(stack_env, s3_server):
@@ -202,7 +227,8 @@ def test_s3_ensure_schema_creates_a_missing_bucket(stack_env, s3_server):
 # ------------------------------------------------------------------ elasticsearch
 
 
-def test_elasticsearch_document_fields_and_mapping(config, os_server):
+def test_elasticsearch_vcon_index_document_fields_and_mapping(stack_env, os_server):
+    config = make_config(stack_env, ELASTICSEARCH_VCON_INDEX="true")
     sink = opened(config, "elasticsearch")
     try:
         v = make_vcons(1, seed=8)[0]
@@ -212,14 +238,14 @@ def test_elasticsearch_document_fields_and_mapping(config, os_server):
     finally:
         sink.close()
     earliest = min(d["start"] for d in v.data["dialog"])
-    assert doc == {**v.data, "vcon_id": v.uuid, "tenant_id": v.tenant, "started_at": earliest}
+    assert doc == {**vcon_server_view(v.data), "vcon_id": v.uuid, "tenant_id": v.tenant, "started_at": earliest}
     assert mapping["properties"]["tenant_id"] == {"type": "keyword"}
     assert str(mapping["dynamic"]).lower() == "false"
+    assert es_count(os_server, f"{config.elasticsearch_index_prefix}vcon_dialog") == 2  # the parts as well
 
 
-def test_elasticsearch_part_indices(stack_env, os_server):
-    config = make_config(stack_env, ELASTICSEARCH_PART_INDICES="true")
-    sink = opened(config, "elasticsearch")
+def test_elasticsearch_part_indices(config, os_server):
+    sink = opened(config, "elasticsearch")  # the default layout
     p = config.elasticsearch_index_prefix
     try:
         vcons = make_vcons(6, seed=9)
@@ -233,18 +259,22 @@ def test_elasticsearch_part_indices(stack_env, os_server):
     assert es_count(os_server, f"{p}vcon_dialog") == sum(len(v.data["dialog"]) for v in vcons)
     assert es_count(os_server, f"{p}vcon_analysis_summary") == 6
     assert es_count(os_server, f"{p}vcon_attachments_tenant") == 6
-    assert es_count(os_server, f"{p}vcons") == 6
+    assert es_count(os_server, f"{p}vcon*") == part_count(vcons)  # and no {p}vcons document
     v = vcons[0]
     party = es_request(os_server, "GET", f"/{p}vcon_parties_agent/_doc/{v.uuid}_1")["_source"]
-    assert party == {**v.data["parties"][1], "tenant_id": v.tenant, "vcon_id": v.uuid}
+    assert party == {**v.data["parties"][1], "tenant_id": v.tenant, "vcon_id": v.uuid,
+                     "started_at": v.data["dialog"][0]["start"]}
     sentiment = es_request(os_server, "GET", f"/{p}vcon_analysis_sentiment/_doc/{v.uuid}_1")["_source"]
     assert sentiment["body"] == v.data["analysis"][1]["body"]
     template = es_request(os_server, "GET", f"/_index_template/{p}vcon-parts")["index_templates"][0]
     assert f"{p}vcon_parties*" in template["index_template"]["index_patterns"]
+    mapping = es_request(os_server, "GET", f"/{p}vcon_dialog/_mapping")[f"{p}vcon_dialog"]["mappings"]
+    assert mapping["properties"]["vcon_id"] == {"type": "keyword", "fields": {"keyword": {"type": "keyword"}}}
 
 
-def test_elasticsearch_item_errors_map_to_their_vcon(config):
-    sink = opened(config, "elasticsearch")
+def test_elasticsearch_item_errors_map_to_their_vcon(stack_env):
+    # the vCon index maps parties.tel as a keyword, which an object cannot be
+    sink = opened(make_config(stack_env, ELASTICSEARCH_VCON_INDEX="true"), "elasticsearch")
     try:
         good = make_vcons(3, seed=10)
         data = sample_vcon(random.Random(11))
@@ -267,14 +297,14 @@ def test_elasticsearch_splits_a_batch_too_large_for_one_request(config, os_serve
     requests = []
     bulk = sink._bulk
     monkeypatch.setattr(sink, "_bulk", lambda lines, owners, result: (requests.append(len(owners)), bulk(lines, owners, result)))
-    monkeypatch.setattr(es, "MAX_BULK_BYTES", 5000)  # about three vCons
+    monkeypatch.setattr(es, "MAX_BULK_BYTES", 12000)  # the part documents of about three vCons
     try:
         vcons = make_vcons(10, seed=15)
         assert sink.write_batch(vcons) == {v.uuid: None for v in vcons}
     finally:
         sink.close()
-    assert len(requests) > 2 and sum(requests) == 10
-    assert es_count(os_server, sink.index) == 10
+    assert len(requests) > 2 and sum(requests) == part_count(vcons)  # the documents, each sent once
+    assert es_count(os_server, f"{sink.prefix}vcon*") == part_count(vcons)
 
 
 # ------------------------------------------------------------------------ loading

@@ -88,26 +88,29 @@ class StoreReader:
             keys += [o["Key"] for o in page.get("Contents", [])]
         return keys
 
-    def es_ids(self) -> list[str]:
+    def _es(self, method: str, path: str, body: dict | None = None) -> dict:
         import urllib.request
 
-        index = f"{self.cfg.elasticsearch_index_prefix}vcons"
-        url = f"{self.cfg.elasticsearch_url}/{index}/_refresh"
-        urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=10).read()
+        req = urllib.request.Request(self.cfg.elasticsearch_url + path, method=method, headers={"Content-Type": "application/json"},
+                                     data=None if body is None else orjson.dumps(body))
+        return orjson.loads(urllib.request.urlopen(req, timeout=30).read())
+
+    def es_ids(self) -> list[str]:
+        """The uuid of every vCon with documents: vcon-server's layout indexes a vCon's first dialog
+        as ``{uuid}_0`` in ``{prefix}vcon_dialog`` (the samples all have dialog)."""
+        index = f"{self.cfg.elasticsearch_index_prefix}vcon_dialog"
+        self._es("POST", f"/{index}/_refresh")
+        page = self._es("POST", f"/{index}/_search?scroll=1m", {"size": 5000, "_source": ["vcon_id"]})
         ids: list[str] = []
-        body = orjson.dumps({"size": 10000, "query": {"match_all": {}}, "_source": False})
-        req = urllib.request.Request(f"{self.cfg.elasticsearch_url}/{index}/_search", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-        doc = orjson.loads(urllib.request.urlopen(req, timeout=30).read())
-        ids += [h["_id"] for h in doc["hits"]["hits"]]
+        while page["hits"]["hits"]:
+            ids += [h["_source"]["vcon_id"] for h in page["hits"]["hits"] if h["_id"].endswith("_0")]
+            page = self._es("POST", "/_search/scroll", {"scroll": "1m", "scroll_id": page["_scroll_id"]})
+        self._es("DELETE", "/_search/scroll", {"scroll_id": page["_scroll_id"]})
         return ids
 
-    def es_source(self, uuid: str) -> dict:
-        """The document as indexed (the store's fetch gives back the vCon without extras)."""
-        import urllib.request
-
-        url = f"{self.cfg.elasticsearch_url}/{self.cfg.elasticsearch_index_prefix}vcons/_doc/{uuid}"
-        return orjson.loads(urllib.request.urlopen(url, timeout=10).read())["_source"]
+    def es_document(self, index: str, doc_id: str) -> dict:
+        """One document as indexed, ``index`` without the prefix."""
+        return self._es("GET", f"/{self.cfg.elasticsearch_index_prefix}{index}/_doc/{doc_id}")["_source"]
 
     def census(self) -> dict[str, list[str]]:
         """Every uuid in each store read (duplicates kept, so a test can see them)."""

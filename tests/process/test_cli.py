@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import orjson
+import psycopg
 
 from conserver.dev.samples import sample_vcon
 from tests.helpers.proc import ROOT
@@ -66,9 +67,21 @@ def test_queues_and_dlq_commands(redis_url):
 
 def test_migrate_creates_table_bucket_and_index(stack_env):
     env = {**stack_env, "S3_BUCKET": stack_env["S3_BUCKET"] + "-new", "S3_CREATE_BUCKET": "true"}
+    r = cli(["migrate", "--dry-run"], env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines()[:2] == [
+        f"postgres: to do: table {env['POSTGRES_TABLE']} in vcon-server's layout, with its GIN index on vcon_json: created",
+        f"s3: to do: bucket {env['S3_BUCKET']}: created"]
+    with psycopg.connect(env["POSTGRES_DSN"]) as conn:  # a dry run changes nothing
+        assert conn.execute("SELECT to_regclass(%s)", [env["POSTGRES_TABLE"]]).fetchone()[0] is None
     r = cli(["migrate"], env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.decode().split() == ["postgres:", "ready", "s3:", "ready", "elasticsearch:", "ready"]
+    assert r.stdout.decode().splitlines() == [
+        f"postgres: done: table {env['POSTGRES_TABLE']} in vcon-server's layout, with its GIN index on vcon_json: created",
+        f"s3: done: bucket {env['S3_BUCKET']}: created", "elasticsearch: ready, nothing to change"]
+    r = cli(["migrate"], env)
+    assert r.stdout.decode().split() == ["postgres:", "ready,", "nothing", "to", "change"] * 1 + \
+        ["s3:", "ready,", "nothing", "to", "change", "elasticsearch:", "ready,", "nothing", "to", "change"]
     reader = StoreReader(queue_for(env)[0])
     try:
         assert reader.pg_rows() == [] and reader.s3_keys() == []
