@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from conserver.observability.metrics import (LiveCollector, LiveInputs, ProcessRow, SupervisorCounts, interval_line,
                                              quantile)
-from conserver.observability.status import monitor_report, render_status
+from conserver.observability.page import render_status
+from conserver.observability.status import monitor_report
 from conserver.process.board import BUSY, Board
 from tests.helpers.stores import enqueue_samples, queue_for
 
