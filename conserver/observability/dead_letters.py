@@ -141,7 +141,7 @@ def render_one(queue: Any, query: Mapping[str, str], admin: bool) -> tuple[int, 
     raw = entry.pop("body", None)
     meta = table(["field", "value"], [[k, Html(cell(v, META_SHOWN))] for k, v in sorted(entry.items())], "no metadata")
     if raw is None:
-        shown = "<p class=empty>the body is no longer in Redis</p>"
+        shown = "<p class=empty>no body in Redis for this item (an item that is no uuid is its own uuid field)</p>"
     else:
         text, note = raw[:BODY_SHOWN], ""
         if len(raw) > BODY_SHOWN:

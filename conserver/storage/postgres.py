@@ -28,6 +28,7 @@ from psycopg import pq
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from conserver.observability.logging import untrusted
 from conserver.storage.base import BatchResult, Sink, dedupe
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class PostgresSink(Sink):
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             if len(rows) == 1:
                 return {rows[0][0]: exc}
-            log.warning("postgres: batch of %d refused (%s); writing its rows one by one", len(rows), exc)
+            log.warning("postgres: batch of %d refused (%s); writing its rows one by one", len(rows), untrusted(exc, 300))
             return self._write_rows_one_by_one(rows)
         return dict.fromkeys((v.uuid for v in vcons), None)
 
