@@ -31,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+from conserver.observability.logging import untrusted
 from conserver.resilience import CircuitBreaker, retry_call
 from conserver.storage.base import Sink, StoreError
 
@@ -343,7 +344,7 @@ class Fanout:
         if n_failed:
             first = next(o for o in out.values() if o.status is not Status.OK)
             log.warning("store %s: %d of %d vCons not stored after %d call(s) in %.3fs (%s): %s",
-                        store, n_failed, len(out), calls, seconds, first.status.value, first.error)
+                        store, n_failed, len(out), calls, seconds, first.status.value, untrusted(first.error, 300))
         if self.on_store_result is not None:
             try:
                 self.on_store_result(store, seconds, n_ok, n_failed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 BUILTIN_STORES = ("postgres", "s3", "elasticsearch", "null")
 MAX_WORKERS = 256
@@ -34,20 +34,36 @@ class ConfigError(ValueError):
         super().__init__(f"invalid configuration: {variable}={value!r}: allowed {allowed}")
 
 
+# Query parameters and libpq keywords that carry a secret: password, sslpassword, pwd,
+# secret, token, api_key, access_key, signature, auth...
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|signature|auth|credential", re.I)
+_CONNINFO_SECRET = re.compile(r"""(\b[\w.-]*(?:pass|pwd|secret|token|key)[\w.-]*\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']*)""", re.I)
+
+
 def redact_url(url: str) -> str:
-    """``redis://user:secret@host/0`` -> ``redis://user:***@host/0``; other strings unchanged."""
+    """A URL or libpq connection string with its secrets hidden, wherever it is shown:
+    ``redis://user:secret@host/0?password=x`` -> ``redis://user:***@host/0?password=***``,
+    ``host=db password=x`` -> ``host=db password=***``. Other strings unchanged."""
+    if "://" not in url:
+        return _CONNINFO_SECRET.sub(lambda m: m.group(1) + "***", url) if "=" in url else url
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return url
-    if not parts.password:
-        return url
-    userinfo = (parts.username or "") + ":***"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        port = parts.port
+    except ValueError:  # not a URL after all: hide everything between :// and @, and every value
+        return _CONNINFO_SECRET.sub(lambda m: m.group(1) + "***", re.sub(r"(://[^@/]*:)[^@/]*@", r"\1***@", url))
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port else "")
+    query = "&".join(_redact_param(p) for p in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact_param(pair: str) -> str:
+    name, eq, value = pair.partition("=")
+    return f"{name}=***" if eq and value and _SECRET_NAME.search(unquote(name)) else pair
 
 
 def _number(value: float) -> str:

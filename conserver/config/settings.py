@@ -186,6 +186,9 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
         Setting("CONSERVER_METRICS_PORT", "metrics_port", Int(0, 65535), "0",
                 "Prometheus /metrics, /healthz, /readyz and /status (0 = off)."),
         Setting("CONSERVER_METRICS_HOST", "metrics_host", Text(), "127.0.0.1"),
+        Setting("CONSERVER_ADMIN_TOKEN", "admin_token", Text(), "",
+                "Lets the status page requeue and purge dead letters: each such POST must carry this token\n"
+                "(header X-Conserver-Token or form field token). Empty: the page is read-only.", secret=True),
         Setting("CONSERVER_METRICS_LOG_INTERVAL", "metrics_log_interval", Duration("s", 0, DAY), "30s",
                 "A metrics log line this often (0 = off)."),
     )),

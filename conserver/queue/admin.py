@@ -155,6 +155,17 @@ class QueueAdmin:
                 self.redis.delete(key)
         return total
 
+    def dlq_drop(self, uuid: str, list_name: str | None = None) -> int:
+        """Drop one dead letter (by uuid or item id, every copy) and its metadata; the body is kept."""
+        found = self._dlq_find(uuid, list_name)
+        if found is None:
+            return 0
+        name, item = found
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrem(self.keys.dlq(name), 0, item)  # every copy, as dlq_requeue_one
+        pipe.delete(self.keys.dlq_meta(name, item_id(item)))
+        return 1 if pipe.execute()[0] else 0
+
     def _drain(self, name: str, target: str) -> int:
         total = 0
         while True:

@@ -51,6 +51,11 @@ class KeyLayout:
     def errors(self) -> str:
         return self.namespace + "errors"
 
+    @property
+    def readiness(self) -> str:
+        """The monitors' /readyz write probe, a key that expires: Redis must accept writes."""
+        return self.namespace + "readyz"
+
     # ------------------------------------------------------------------ families: prefix + name
     @property
     def dlq_meta_infix(self) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from conserver.observability.logging import untrusted
 from conserver.queue.client import SAFE_ID
 from conserver.vcon import InvalidVcon, check_uuid
 
@@ -156,12 +157,12 @@ def error_text(error: BaseException | str | None) -> str:
 
 
 def log_error(error: BaseException | str | None) -> str:
-    return error_text(error)[:300].replace("\n", " ")
+    return untrusted(error_text(error), 300)
 
 
 def label(text: str) -> str:
-    """A uuid for a log line: control characters and non-ASCII escaped, at most 100 characters."""
-    return ascii(text)[1:-1][:100]
+    """A uuid for a log line: control characters escaped, at most 100 characters."""
+    return untrusted(text, 100)
 
 
 def claim_label(claim: Claim) -> str:

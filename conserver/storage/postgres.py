@@ -32,6 +32,7 @@ from psycopg import pq
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from conserver.observability.logging import untrusted
 from conserver.storage import postgres_layout as layout
 from conserver.storage.base import BatchResult, Sink, dedupe
 from conserver.storage.compat import stored_body
@@ -137,7 +138,7 @@ class PostgresSink(Sink):
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             if len(rows) == 1:
                 return {rows[0][0]: exc}
-            log.warning("postgres: batch of %d refused (%s); writing its rows one by one", len(rows), exc)
+            log.warning("postgres: batch of %d refused (%s); writing its rows one by one", len(rows), untrusted(exc, 300))
             return self._write_rows_one_by_one(rows)
         return dict.fromkeys((v.uuid for v in vcons), None)
 

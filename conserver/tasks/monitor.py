@@ -1,10 +1,12 @@
-"""The monitor process: it serves ``/metrics``, ``/healthz``, ``/readyz`` and the status page,
-logs the metrics line and makes the autoscaler's decisions.
+"""The monitor process: it serves ``/metrics``, ``/healthz``, ``/readyz``, the status page
+with its graphs and dead letters, logs the metrics line and makes the autoscaler's decisions.
 
 It runs beside the workers (the supervisor starts it when ``CONSERVER_METRICS_PORT`` or
 ``CONSERVER_METRICS_LOG_INTERVAL`` is set), so the main process stays free of threads
-and sockets. This module only wires: the Prometheus side is ``observability.metrics``;
-the report, the page and the rows of the shared-memory board are ``observability.status``.
+and sockets. This module only wires: the Prometheus side is ``observability.metrics``; the
+report and the board's rows ``observability.status``; the graphs' ring ``observability.history``;
+the pages ``observability.page`` and ``observability.dead_letters`` (which also checks and logs
+the dead-letter actions, the only requests that change anything).
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from conserver.observability import metrics, status
+from conserver.observability import dead_letters, metrics, page, status
+from conserver.observability.history import History
+from conserver.observability.logging import untrusted
 from conserver.process.worker import WorkerTask, pid_alive
 from conserver.queue.admin import QueueAdmin
 from conserver.queue.client import make_redis
@@ -38,6 +44,8 @@ class MonitorTask(WorkerTask):
             workers=lambda: status.board_workers(self.board),
             supervisor=lambda: metrics.SupervisorCounts(self.board.target_workers, self.board.restarts),
             depths=self.queue.depths))
+        self.history = History(lambda: (s for fam in self.collector.multi.collect() for s in fam.samples),
+                               self.queue.depths)
         self.server: ThreadingHTTPServer | None = None
         if cfg.metrics_port:
             self.server = _ReusePortServer((cfg.metrics_host, cfg.metrics_port), _handler(self))
@@ -96,6 +104,11 @@ class MonitorTask(WorkerTask):
         if now >= self.next_log:
             self.next_log = now + self.log_every
             self.log_metrics()
+        if self.server is not None and self.history.due():
+            try:
+                self.history.sample()
+            except Exception:  # the files of a worker being replaced: the next sample reads them
+                log.debug("history sample failed", exc_info=True)
         self.ctx.heartbeat()
         time.sleep(0.2)
 
@@ -123,16 +136,21 @@ class MonitorTask(WorkerTask):
                                       "workers_wanted": self.board.target_workers}
 
     def readyz(self) -> tuple[int, dict[str, Any]]:
-        """Readiness: Redis answers and not every store's circuit breaker is open."""
+        """Readiness: Redis accepts a write and not every store's circuit breaker is open.
+        A write, not PING: over maxmemory (OOM), a replica after failover (READONLY), a
+        failed snapshot (MISCONF) still answer PING, and conserver cannot work on them."""
+        redis_error = ""
         try:
-            redis_ok = bool(self.redis.ping())
-        except Exception:
-            redis_ok = False
+            self.redis.set(self.queue.keys.readiness, b"1", px=10_000)
+        except Exception as exc:  # connection errors and error replies alike
+            redis_error = untrusted(f"{type(exc).__name__}: {exc}", 200)
         breakers = self.collector.breaker_states()
         all_open = bool(breakers) and all(state == "open" for state in breakers.values())
-        ok = redis_ok and not all_open and not self.board.draining
-        return (200 if ok else 503), {"ok": ok, "redis": redis_ok, "breakers": breakers,
-                                      "draining": bool(self.board.draining)}
+        ok = not redis_error and not all_open and not self.board.draining
+        doc = {"ok": ok, "redis": not redis_error, "breakers": breakers, "draining": bool(self.board.draining)}
+        if redis_error:
+            doc["redis_error"] = redis_error
+        return (200 if ok else 503), doc
 
     def report(self) -> dict[str, Any]:
         return status.monitor_report(self.queue, self.board)
@@ -146,12 +164,35 @@ class _ReusePortServer(ThreadingHTTPServer):
         super().server_bind()
 
 
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".LICENSE": "text/plain"}
+# The pages load their script and styles from here only, never run inline script, never sit in a frame.
+SECURITY_HEADERS = {"Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+                    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+MAX_FORM = 256 * 1024
+
+
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """The vendored uPlot and the page's own script and styles, read once."""
+    out = {}
+    for f in (files("conserver.observability") / "static").iterdir():
+        ctype = next((t for ext, t in STATIC_TYPES.items() if f.name.endswith(ext)), None)
+        if ctype:
+            out[f.name] = (f.read_bytes(), ctype)
+    return out
+
+
 def _handler(task: MonitorTask) -> type[BaseHTTPRequestHandler]:
+    static = _static_files()
+    admin = bool(task.ctx.config.admin_token)
+    html_type = "text/html; charset=utf-8"
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "conserver"
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            path = self.path.split("?")[0]
+            url = urlsplit(self.path)
+            path, query = url.path, {k: v[0] for k, v in parse_qs(url.query).items()}
             try:
                 if path == "/metrics":
                     body, ctype = task.collector.exposition()
@@ -161,23 +202,68 @@ def _handler(task: MonitorTask) -> type[BaseHTTPRequestHandler]:
                     return self._send(code, orjson.dumps(doc), "application/json")
                 if path == "/status.json":
                     return self._send(200, orjson.dumps(task.report(), default=str), "application/json")
+                if path == "/status/history.json":
+                    return self._send(200, orjson.dumps(task.history.as_json()), "application/json")
                 if path in ("/status", "/"):
-                    return self._send(200, status.render_status(task.report()).encode(), "text/html; charset=utf-8")
+                    return self._send(200, page.render_status(task.report(), task.history.as_json()).encode(), html_type)
+                if path == "/status/tables":
+                    return self._send(200, page.render_tables(task.report()).encode(), html_type)
+                if path == "/status/dead-letters":
+                    return self._send(200, dead_letters.render_list(task.queue, query, admin).encode(), html_type)
+                if path == "/status/dead-letters/show":
+                    code, text = dead_letters.render_one(task.queue, query, admin)
+                    return self._send(code, text.encode(), html_type)
+                if path.startswith(page.STATIC) and path[len(page.STATIC):] in static:
+                    return self._send(200, *static[path[len(page.STATIC):]], cache="max-age=300")
                 self._send(404, b"not found\n", "text/plain")
             except Exception as exc:  # one bad request must not take the monitor down
-                log.exception("error serving %s", path)
+                log.exception("error serving %s", untrusted(path, 200))
                 self._send(500, f"error: {type(exc).__name__}\n".encode(), "text/plain")
 
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
+        def do_POST(self) -> None:  # noqa: N802
+            path = urlsplit(self.path).path
+            if path != "/status/dead-letters/action":
+                return self._send(404, b"not found\n", "text/plain")
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_FORM:
+                return self._send(413, b"form too large\n", "text/plain")
+            form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+            action = (form.get("action") or [""])[0]
+            given = self.headers.get("X-Conserver-Token") or (form.get("token") or [""])[0]
+            remote = self.client_address[0]
+            why = dead_letters.refusal(task.ctx.config.admin_token, self.headers, given)
+            if why is None and action not in dead_letters.ACTIONS:
+                why = "unknown action"
+            if why is not None:
+                log.warning("dead letters: %s by %s refused: %s", untrusted(action, 20), remote, why)
+                return self._send(403, orjson.dumps({"error": why}), "application/json")
+            try:
+                items = dead_letters.selection(form.get("item", []), task.queue.ingress_lists)
+                result = dead_letters.act(task.queue, action, items, remote)
+            except Exception as exc:
+                log.exception("dead letters: %s by %s failed", action, remote)
+                return self._send(503, orjson.dumps({"error": f"{type(exc).__name__}"}), "application/json")
+            if "json" in self.headers.get("Accept", ""):
+                return self._send(200, orjson.dumps(result), "application/json")
+            self.send_response(303)  # a form from the page: back to the list, saying what was done
+            self.send_header("Location", f"/status/dead-letters?done={action}&n={result['done']}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _send(self, code: int, body: bytes, ctype: str, cache: str = "no-store") -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
+            self.send_header("Cache-Control", cache)
+            for k, v in SECURITY_HEADERS.items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(body)
 
         def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("http %s", fmt % args)
+            log.debug("http %s", untrusted(fmt % args, 300))
 
     return Handler
-

@@ -20,6 +20,8 @@ Modes:
     permanent          per-item permanent StoreError (for the UUIDS, or all)
     flaky:N            the next N calls raise ConnectionRefusedError, then ok
     slow:SECONDS       sleeps, then stores
+    echo               per-item permanent StoreError that quotes the vCon's subject, as a
+                       database quoting the value it refused (for the log-escaping tests)
 """
 
 from __future__ import annotations
@@ -88,7 +90,10 @@ class FaultyStore(Sink):
             result: BatchResult = {}
             for v in vcons:
                 targeted = not self.fail_uuids or v.uuid in self.fail_uuids
-                if kind in ("transient", "permanent") and targeted:
+                if kind == "echo" and targeted:
+                    result[v.uuid] = StoreError(f"faulty store: invalid value {v.subject!s}", transient=False)
+                    failed.append(v.uuid)
+                elif kind in ("transient", "permanent") and targeted:
                     result[v.uuid] = StoreError(f"faulty store: {kind} failure", transient=kind == "transient")
                     failed.append(v.uuid)
                 else:

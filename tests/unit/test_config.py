@@ -112,11 +112,21 @@ def test_redaction_and_check_config(tmp_path):
     assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert redact_url("postgresql://u:pw@db/x") == "postgresql://u:***@db/x"
     assert redact_url("redis://h:6379") == "redis://h:6379"
+    # issue 12: the password as a query parameter, in a URL and in a libpq keyword string
+    assert (redact_url("postgresql://u@db:5432/x?sslmode=require&password=pw1&sslpassword=pw2&Sslkey=/k")
+            == "postgresql://u@db:5432/x?sslmode=require&password=***&sslpassword=***&Sslkey=***")
+    assert redact_url("rediss://:a@h/0?password=p%40ss&db=1") == "rediss://:***@h/0?password=***&db=1"
+    assert redact_url("host=db password='a b' sslpassword=x dbname=v") == "host=db password=*** sslpassword=*** dbname=v"
+    assert redact_url("redis://u:pw@h:notaport/0") == "redis://u:***@h:notaport/0"
     r = _cli(["check-config"], {"REDIS_URL": "redis://user:s3cret@h:6379/0", "CONSERVER_STORAGES": "s3",
                                 "S3_BUCKET": "b", "AWS_SECRET_ACCESS_KEY": "topsecret"}, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "s3cret" not in r.stdout and "topsecret" not in r.stdout
     assert "redis://user:***@h:6379/0" in r.stdout
+    r = _cli(["check-config"], {"REDIS_URL": "redis://h:6379/0?password=qs3cret", "CONSERVER_STORAGES": "postgres",
+                                "POSTGRES_DSN": "postgresql://u@db/x?password=pgs3cret&sslpassword=keys3cret"}, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "s3cret" not in r.stdout and "POSTGRES_DSN=postgresql://u@db/x?password=***&sslpassword=***" in r.stdout
 
 
 def test_pools_file(tmp_path):
