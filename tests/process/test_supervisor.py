@@ -174,7 +174,7 @@ def test_job_timeout_dumps_stack_then_kills_and_replaces(start):
     first = c.wait_workers(1, state="busy stuck-item")[0].pid
     log = c.wait_log(f"pid={first} was killed by SIGKILL", timeout=10)
     assert "JOB_TIMEOUT 1s: dumping its stack" in log
-    assert 'File "' in log and "tests/tasks.py" in log and "in run_once" in log  # faulthandler's dump
+    assert 'File "' in log and "tests/helpers/tasks.py" in log and "in run_once" in log  # faulthandler's dump
     wait_for(lambda: [w for w in c.workers() if w.pid != first], 5, what="replacement")
 
 
