@@ -15,8 +15,10 @@ Data flow of one vCon::
                              no: delayed set ◀────┤ yes: ack (LREM from processing list)
                           (scheduler moves back)
 
-The supervisor (supervisor.py) owns the process table and the signal loop and never
-holds a store client; workers (worker.py) build their own clients after they start.
+The supervisor (process/supervisor.py) owns the process table and the signal loop and
+never holds a store client; workers (process/worker.py running tasks/pipeline.py) build
+their own clients after they start. Rooms: process/, tasks/, queue/, storage/ + fanout.py,
+links/, config/, observability/, dev/ (tooling, never imported by `conserver run`).
 """
 
 __version__ = "0.1.0"
