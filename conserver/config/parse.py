@@ -34,6 +34,14 @@ class ConfigError(ValueError):
         super().__init__(f"invalid configuration: {variable}={value!r}: allowed {allowed}")
 
 
+def config_problem(where: str, value: Any, problem: str) -> ConfigError:
+    """A ConfigError about a place in a file (``config.yml chains.main link 'x'``), worded as
+    the problem, not as the values allowed."""
+    err = ConfigError(where, value, problem)
+    err.args = (f"invalid configuration: {where}: {value!r}: {problem}",)
+    return err
+
+
 def redact_url(url: str) -> str:
     """``redis://user:secret@host/0`` -> ``redis://user:***@host/0``; other strings unchanged."""
     try:
@@ -104,6 +112,26 @@ class Int(Parser):
         if not self.lo <= value <= self.hi:
             raise self.reject(var, raw)
         return value
+
+
+class Number(Parser):
+    """A decimal number within bounds (a factor)."""
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
+        self.allowed = f"a number from {_number(lo)} to {_number(hi)}"
+
+    def parse(self, var: str, raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise self.reject(var, raw) from None
+        if not (math.isfinite(value) and self.lo <= value <= self.hi):
+            raise self.reject(var, raw)
+        return value
+
+    def format(self, value: float) -> str:
+        return _number(value)
 
 
 class Duration(Parser):
