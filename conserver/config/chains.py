@@ -147,6 +147,8 @@ def _store_settings(where: str, kind: str, options: Mapping[str, Any]) -> dict[s
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise config_problem(f"{where} options", ",".join(unknown), f"options of {kind}: {', '.join(known) or 'none'}")
+    if not options:
+        return {}  # the store is configured by the environment alone
     if kind == "postgres":
         user = quote(str(options.get("user", "")), safe="")
         password = quote(str(options.get("password", "")), safe="")
