@@ -46,7 +46,7 @@ def _redacted_options(value):
     if isinstance(value, dict):
         return {k: "***" if any(w in str(k).lower() for w in _SECRET_OPTION) and v else _redacted_options(v)
                 for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_redacted_options(v) for v in value]
     return value
 

@@ -99,31 +99,21 @@ class Bool(Parser):
         return "true" if value else "false"
 
 
-class Int(Parser):
-    def __init__(self, lo: int, hi: int):
-        self.lo, self.hi = lo, hi
-        self.allowed = f"an integer from {lo} to {hi}"
-
-    def parse(self, var: str, raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise self.reject(var, raw) from None
-        if not self.lo <= value <= self.hi:
-            raise self.reject(var, raw)
-        return value
-
-
 class Number(Parser):
     """A decimal number within bounds (a factor)."""
 
+    kind = "a number"
+
     def __init__(self, lo: float, hi: float):
         self.lo, self.hi = lo, hi
-        self.allowed = f"a number from {_number(lo)} to {_number(hi)}"
+        self.allowed = f"{self.kind} from {_number(lo)} to {_number(hi)}"
+
+    def cast(self, text: str) -> float:
+        return float(text)
 
     def parse(self, var: str, raw: str) -> float:
         try:
-            value = float(raw.strip())
+            value = self.cast(raw.strip())
         except ValueError:
             raise self.reject(var, raw) from None
         if not (math.isfinite(value) and self.lo <= value <= self.hi):
@@ -132,6 +122,12 @@ class Number(Parser):
 
     def format(self, value: float) -> str:
         return _number(value)
+
+
+class Int(Number):
+    kind = "an integer"
+    cast = staticmethod(int)
+    format = Parser.format
 
 
 class Duration(Parser):

@@ -5,16 +5,13 @@ worker's vCon is redone from its original body and pushed once, by whoever acks 
 from __future__ import annotations
 
 import collections
-import os
-import random
-import signal
-import threading
 
 import pytest
 import yaml
 
+from tests.chaos.killer import killing_workers
 from tests.chaos.test_chaos import RESILIENT, census_of, summary
-from tests.helpers.proc import title, wait_for
+from tests.helpers.proc import wait_for
 from tests.helpers.stores import enqueue_samples, queue_for, wait_drained
 
 
@@ -37,26 +34,8 @@ def test_kill9_with_links_and_egress_pushes_every_uuid_once(start_conserver, cha
     sent = {v["uuid"] for v in enqueue_samples(queue, 3000)}
     c = start_conserver({**RESILIENT, **chain_env, "CONSERVER_WORKERS": "3"})
     c.wait_workers(3, timeout=20)
-    stop, kills = threading.Event(), [0]
-
-    def killer():
-        rng = random.Random(11)
-        while not stop.wait(0.25):
-            victims = [w for w in c.workers() if title(w.pid).startswith("conserver: worker")]
-            if victims:
-                try:
-                    os.kill(rng.choice(victims).pid, signal.SIGKILL)
-                    kills[0] += 1
-                except ProcessLookupError:
-                    pass
-
-    t = threading.Thread(target=killer)
-    t.start()
-    try:
+    with killing_workers(c, seed=11) as kills:
         wait_for(lambda: queue.depths()["lists"]["default"] == 0, 240, interval=0.5, what="the list consumed")
-    finally:
-        stop.set()
-        t.join()
     wait_drained(queue, 120)
     r = queue.redis
     found = census_of(chain_env)
