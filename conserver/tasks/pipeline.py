@@ -100,6 +100,11 @@ class StorePipeline(WorkerTask):
         self.queue = self.open_queue()
         self.ctx.set_ident(self.queue.worker_id)
         self.retry = _RedisBackoff(self.ctx)
+        self.chain_metrics = chain_metrics()
+        self.links = ChainLinks(pool, self.redis, concurrency=cfg.vcon_concurrency, max_bytes=cfg.max_vcon_bytes,
+                                body_key=getattr(self.queue, "keys", DEFAULT_KEYS).body,
+                                should_stop=lambda: self.ctx.stopping, metrics=self.chain_metrics)
+        self.link_state: dict[str, tuple[bool, list[AckEffect]]] = {}  # item_id -> (changed, held) of a Passed
         self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
         self.sinks = load_sinks(pool.storages, cfg)
         self.metrics = worker_metrics()
@@ -113,11 +118,6 @@ class StorePipeline(WorkerTask):
                                          rate_limiters=buckets, should_stop=lambda: self.ctx.stopping)
         self.fanout.start()
         self.fanout.ensure_schemas()  # "at start when missing"; a failure is logged, writes will retry
-        self.chain_metrics = chain_metrics()
-        self.links = ChainLinks(pool, self.redis, concurrency=cfg.vcon_concurrency, max_bytes=cfg.max_vcon_bytes,
-                                body_key=getattr(self.queue, "keys", DEFAULT_KEYS).body,
-                                should_stop=lambda: self.ctx.stopping, metrics=self.chain_metrics)
-        self.link_state: dict[str, tuple[bool, list[AckEffect]]] = {}  # item_id -> (changed, held) of a Passed
         self.held_tenants: dict[str, int] = {}
         # At most half a second per blocking wait, so an idle worker sees a drain at once.
         self.tick = min(cfg.tick_interval, 0.5)

@@ -7,13 +7,19 @@ from __future__ import annotations
 import collections
 import json
 import os
+import random
+import subprocess
+import sys
 import textwrap
+import urllib.request
 from urllib.parse import unquote, urlsplit
 
 import orjson
 import pytest
 
 from conserver.config import config_from_mapping
+from conserver.dev.devstack import free_port
+from conserver.dev.samples import sample_vcon
 from conserver.queue.admin import QueueAdmin
 from conserver.queue.client import make_redis
 from tests.helpers.proc import ROOT, wait_for
@@ -178,9 +184,11 @@ def test_two_chains_from_a_vcon_server_config_yml(start_conserver, chains_env, m
         ("sample_chain", 2, ("test_output", "audit")), ("downstream_chain", 2, ("final_output",))]
     queue = QueueAdmin(make_redis(cfg), ("test_list", "test_output"))
     kept = enqueue_samples(queue, 60, "test_list", seed=3)
-    dropped = [{**v, "subject": "drop me"} for v in enqueue_samples(queue, 10, "test_list", seed=4)]
+    rng = random.Random(4)
+    dropped = [{**sample_vcon(rng), "subject": "drop me"} for _ in range(10)]
     queue.enqueue("test_list", [(v["uuid"], orjson.dumps(v)) for v in dropped])
-    c = start_conserver(env)
+    port = free_port()
+    c = start_conserver({**env, "CONSERVER_METRICS_PORT": str(port)})
     c.wait_log("ignoring ingress_auth")
     r = queue.redis
     wait_for(lambda: r.llen("final_output") >= len(kept), 90, what="the downstream chain's egress")
@@ -216,6 +224,17 @@ def test_two_chains_from_a_vcon_server_config_yml(start_conserver, chains_env, m
     log = c.log()
     assert "not used by an enabled chain, not loaded: mongo, mongo_link_nobody_uses" in log
     assert "[sample_chain]" in " ".join(c.worker_titles().values())
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in ('conserver_chain_vcons_total{chain="sample_chain",outcome="processed"} 60.0',
+                 'conserver_chain_vcons_total{chain="sample_chain",outcome="halted"} 10.0',
+                 'conserver_chain_vcons_total{chain="downstream_chain",outcome="processed"} 60.0',
+                 'conserver_link_calls_total{chain="sample_chain",link="keep",outcome="halted"} 10.0',
+                 'conserver_link_calls_total{chain="sample_chain",link="webhook",outcome="ok"} 60.0',
+                 'conserver_link_seconds_count{chain="downstream_chain",link="acme"} 60.0'):
+        assert line in metrics, line
+    status = subprocess.run([sys.executable, "-m", "conserver", "status"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **env}, cwd=site)
+    assert "sample_chain (tag,keep,webhook)" in status.stdout and "downstream_chain (stamp,acme)" in status.stdout
 
 
 def test_a_config_yml_naming_a_store_conserver_cannot_run_stops_with_exit_2(start_conserver, chains_env):
