@@ -11,6 +11,7 @@ BENCHMARKS = {
     "memory": "benchmarks.memory",
     "scaling": "benchmarks.scaling",
     "fanout": "benchmarks.fanout",  # end-to-end with real stores (benchmarks/fanout.py)
+    "chains": "benchmarks.chains",  # a webhook link at 50 ms against vcon-server's loop
     "plot": "benchmarks.plot",
 }
 USAGE = "usage: python -m benchmarks {" + ",".join([*BENCHMARKS, "all"]) + "} [options]   (NAME --help for options)"

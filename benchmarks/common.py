@@ -522,6 +522,7 @@ a baseline measured in the same run (or to a stated target). Run from the reposi
 | memory | `.venv/bin/python -m benchmarks memory` | PSS of master + workers (+ forkserver) for 1, 2, 4, 8 workers per start method |
 | fanout | `.venv/bin/python -m benchmarks fanout` | end to end into PostgreSQL + S3 + OpenSearch against a vcon-server style loop, worker CPU per vCon, each store's bare client, parallel vs sequential with injected latency |
 | scaling | `.venv/bin/python -m benchmarks scaling --workers 1,2,4,8,16` | null-store vCons/s against the number of workers |
+| chains | `.venv/bin/python -m benchmarks chains` | a chain with a webhook link answering in 50 ms, CONSERVER_VCON_CONCURRENCY 1 and 16, against vcon-server's loop |
 | plot | `.venv/bin/python -m benchmarks plot` | `scaling.png`, `queue.png`, `memory.png`, `fanout.png` (when `out/fanout.json` exists) next to this file |
 
 Each run prints its table, writes `benchmarks/out/NAME.json` (raw numbers, not committed)
@@ -530,7 +531,7 @@ comparable within a section: on a 2-core machine every process, the harness's ow
 and Redis itself share two CPUs.
 """
 
-_ORDER = ["queue", "lifecycle", "memory", "scaling", "fanout", "plot"]
+_ORDER = ["queue", "lifecycle", "memory", "scaling", "fanout", "chains", "plot"]
 
 
 def update_results(name: str, body: str) -> Path:

@@ -21,8 +21,34 @@ from conserver.errors import ExitCode
 log = logging.getLogger("conserver.cli")
 
 
+def _seed_000_flags(args: argparse.Namespace) -> dict[str, str]:
+    """Seed 000's ``queue:work --tries --max-time --sleep`` as the settings they mean here."""
+    out = {}
+    if getattr(args, "tries", None) is not None:  # attempts in all: the first one and MAX_RETRIES more
+        out["MAX_RETRIES"] = str(max(0, args.tries - 1))
+    if getattr(args, "max_time", None) is not None:  # a worker is replaced after this long
+        out["CONSERVER_MAX_WORKER_AGE"] = f"{args.max_time}s"
+    if getattr(args, "sleep", None) is not None:  # the longest wait on empty lists (a vCon wakes it at once)
+        out["TICK_INTERVAL"] = f"{args.sleep}s"
+    return out
+
+
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(env_file=args.env_file, pools_file=getattr(args, "pools", None))
+    return load_config(env_file=args.env_file, pools_file=getattr(args, "pools", None),
+                       config_file=getattr(args, "config", None), overrides=_seed_000_flags(args))
+
+
+_SECRET_OPTION = ("key", "token", "secret", "password", "authorization")
+
+
+def _redacted_options(value):
+    """Link options for check-config: values under secret-looking keys hidden, at any depth."""
+    if isinstance(value, dict):
+        return {k: "***" if any(w in str(k).lower() for w in _SECRET_OPTION) and v else _redacted_options(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted_options(v) for v in value]
+    return value
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
@@ -33,13 +59,15 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
         # 001's scheduler-only mode: no queue workers, just the leader-elected scheduler.
         cfg = cfg.replace(pools=tuple(dataclasses.replace(p, workers=0) for p in cfg.pools), enable_scheduler=True)
     setup_logging(cfg.log_level, cfg.log_format, cfg.log_file, role="master")
+    for note in cfg.notes:  # what a config.yml has that a worker pool does not use
+        log.info("%s", note)
     return Supervisor(cfg, reload=functools.partial(_load, args)).run()
 
 
 def cmd_check_config(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         doc = {"settings": cfg.redacted(), "workers": cfg.total_workers, "env_file": cfg.env_file,
-               "pools": [dataclasses.asdict(p) for p in cfg.pools]}
+               "chains": [_redacted_options(dataclasses.asdict(p)) for p in cfg.pools], "notes": list(cfg.notes)}
         print(json.dumps(doc, indent=2))
     else:
         print(describe(cfg), end="")
@@ -180,12 +208,14 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
-    print(f"{'worker':<44} {'state':<8} {'processed':>10}  current")
+    print(f"{'worker':<44} {'chain':<16} {'state':<8} {'processed':>10}  current")
     for wid, info in report["workers"].items():
         if info is None:
-            print(f"{wid:<44} {'gone':<8}")
+            print(f"{wid:<44} {'':<16} {'gone':<8}")
             continue
-        print(f"{wid:<44} {info.get('state', '?'):<8} {info.get('processed', 0):>10}  {info.get('current', '')}")
+        chain = info.get("pool", "") + (f" ({info['links']})" if info.get("links") else "")
+        print(f"{wid:<44} {chain:<16} {info.get('state', '?'):<8} {info.get('processed', 0):>10}  "
+              f"{info.get('current', '')}")
     d = report["queues"]
     for name, n in d["lists"].items():
         print(f"list {name}: {n} waiting, {d['dlq'].get(name, 0)} dead letters")
@@ -211,9 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the supervisor and its workers")
     run.add_argument("--scheduler-only", action="store_true", help="run only the scheduler (delayed retries, orphan sweep)")
     run.add_argument("--pools", help="a TOML file of worker pools (also CONSERVER_POOLS_FILE)")
-    check = sub.add_parser("check-config", help="print the effective configuration, secrets redacted")
+    run.add_argument("--config", help="a vcon-server config.yml: its chains (also CONSERVER_CONFIG_FILE)")
+    run.add_argument("--tries", type=int, help="seed 000: attempts per vCon in all (MAX_RETRIES = tries - 1)")
+    run.add_argument("--max-time", type=int, metavar="SECONDS", help="seed 000: replace a worker after this long "
+                     "(CONSERVER_MAX_WORKER_AGE)")
+    run.add_argument("--sleep", type=float, metavar="SECONDS", help="seed 000: the longest wait on empty lists "
+                     "(TICK_INTERVAL)")
+    check = sub.add_parser("check-config", help="print the effective configuration and chains, secrets redacted")
     check.add_argument("--json", action="store_true")
     check.add_argument("--pools", help="a TOML file of worker pools")
+    check.add_argument("--config", help="a vcon-server config.yml")
     enq = sub.add_parser("enqueue", help="store vCons in Redis and push their uuids (one transaction)")
     enq.add_argument("paths", nargs="*", help="FILE, DIR or - for stdin (JSON or JSON lines)")
     enq.add_argument("--list", help="ingress list (default: the first of CONSERVER_INGRESS_LISTS)")

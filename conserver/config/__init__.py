@@ -11,7 +11,9 @@ Rooms:
 - ``settings.py``: the ``SETTINGS`` table, every variable declared once (name, field,
   parser with its bounds, default, doc, aliases);
 - ``parse.py``: the value parsers and :class:`ConfigError`;
-- ``pools.py``: worker pools (which lists, which stores), the room for vcon-server chains;
+- ``pools.py``: worker pools, which are chains (lists, links, stores, egress lists);
+- ``chains.py``: a vcon-server config.yml read unchanged (CONSERVER_CONFIG_FILE);
+- ``modes.py``: the seeds' variables mapped onto chains (WORKER_MODE, WORKER_SCALE_FACTOR, ...);
 - this module: :class:`Config`, built from the table, the rules that span settings, and
   the two renderings of the table, ``conf/conserver.env.example`` (``python -m
   conserver.config`` writes it) and ``conserver check-config``.
@@ -19,7 +21,8 @@ Rooms:
 A bad value raises :class:`ConfigError`, whose message is one line naming the variable,
 the value given and what is allowed; the CLI prints it and exits with code 2.
 
-This package depends on nothing else in the project.
+This package depends on nothing else in the project but ``conserver.links`` (loader and
+base, which import nothing of it): a chain's links are loaded once here to check them.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import functools
 import os
 from typing import Any, Mapping
 
+from conserver.config.chains import read_chains_file
+from conserver.config.modes import apply_mode, check_concurrency, scale_workers
 from conserver.config.parse import BUILTIN_STORES, ConfigError, redact_url
-from conserver.config.pools import PoolConfig, build_pools
+from conserver.config.pools import LinkConfig, PoolConfig, build_pools
 from conserver.config.settings import SECTIONS, SETTINGS, Setting
 
-__all__ = ["BUILTIN_STORES", "Config", "ConfigError", "PoolConfig", "SETTINGS", "Setting", "config_from_mapping",
+__all__ = ["BUILTIN_STORES", "Config", "ConfigError", "LinkConfig", "PoolConfig", "SETTINGS", "Setting", "config_from_mapping",
            "describe", "env_example", "load_config", "read_sources", "redact_url"]
 
 STORE_EXTRA_PREFIX = "CONSERVER_STORE_"  # every such variable reaches custom stores as Config.extra
@@ -63,8 +68,9 @@ DEFAULTS: dict[str, Any] = {s.field: s.parser.parse(s.env, s.default) for s in S
 
 class _ConfigAPI:
     """The validated, frozen configuration: one field per ``SETTINGS`` entry (its ``field``)
-    and four derived from them: ``workers`` (CONSERVER_WORKERS resolved), ``pools``,
-    ``env_file`` (the file read) and ``extra`` (every CONSERVER_STORE_* variable, for
+    and five derived from them: ``workers`` (CONSERVER_WORKERS resolved), ``pools`` (the
+    chains), ``env_file`` (the file read), ``notes`` (INFO lines for the log: what a
+    config.yml has that is ignored) and ``extra`` (every CONSERVER_STORE_* variable, for
     custom stores)."""
 
     def replace(self, **changes: Any) -> "Config":
@@ -106,6 +112,7 @@ Config = dataclasses.make_dataclass(
     + [("workers", int, dataclasses.field(default=_resolve_workers(DEFAULTS))),
        ("pools", tuple, dataclasses.field(default=())),
        ("env_file", str, dataclasses.field(default="")),
+       ("notes", tuple, dataclasses.field(default=(), compare=False)),
        ("extra", Mapping, dataclasses.field(default_factory=dict, repr=False, compare=False))],
     bases=(_ConfigAPI,), frozen=True)
 Config.__module__, Config.__doc__ = __name__, _ConfigAPI.__doc__  # pickled by name into spawned workers
@@ -135,10 +142,13 @@ def read_sources(environ: Mapping[str, str] | None = None, env_file: str | None 
 
 
 def load_config(environ: Mapping[str, str] | None = None, env_file: str | None = None,
-                dotenv_path: str | None = ".env", pools_file: str | None = None) -> Config:
-    """Read every source and return the validated, frozen configuration."""
+                dotenv_path: str | None = ".env", pools_file: str | None = None,
+                config_file: str | None = None, overrides: Mapping[str, str] | None = None) -> Config:
+    """Read every source and return the validated, frozen configuration. ``overrides``:
+    variables set on the command line (``conserver run --tries 3``), over every source."""
     settings, used = read_sources(environ, env_file, dotenv_path)
-    return config_from_mapping(settings, env_file=used, pools_file=pools_file)
+    settings.update(overrides or {})
+    return config_from_mapping(settings, env_file=used, pools_file=pools_file, config_file=config_file)
 
 
 def _read(setting: Setting, env: Mapping[str, str]) -> Any:
@@ -150,8 +160,27 @@ def _read(setting: Setting, env: Mapping[str, str]) -> Any:
     return DEFAULTS[setting.field]
 
 
-def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: str | None = None) -> Config:
+def _link_policy_defaults(env: Mapping[str, str]) -> dict[str, Any]:
+    """Seed 004's CIRCUIT_BREAKER_* set in the environment: every link's breaker too, under
+    each link's own ``conserver:`` options (unset, links keep their own defaults)."""
+    out: dict[str, Any] = {}
+    by_field = {s.field: s for s in SETTINGS}
+    for var, field, policy in (("CIRCUIT_BREAKER_THRESHOLD", "circuit_breaker_threshold", "circuit_breaker_failures"),
+                               ("CIRCUIT_BREAKER_TIMEOUT", "circuit_breaker_timeout", "circuit_breaker_reset")):
+        if (env.get(var) or "").strip():
+            out[policy] = _read(by_field[field], env)
+    return out
+
+
+def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: str | None = None,
+                        config_file: str | None = None) -> Config:
     """Validate a flat mapping of variables. Pure: the tests drive it directly."""
+    check_concurrency(env)
+    config_file = config_file or (env.get("CONSERVER_CONFIG_FILE") or "").strip()
+    chains_file = read_chains_file(config_file) if config_file else None
+    if chains_file is not None:  # config.yml's store options, under what the environment sets
+        env = {**chains_file.settings, **{k: v for k, v in env.items() if v is not None and v.strip()},
+               "CONSERVER_CONFIG_FILE": config_file}
     values = {s.field: _read(s, env) for s in SETTINGS}
     if pools_file:  # `--pools` on the command line
         values["pools_file"] = pools_file
@@ -159,10 +188,25 @@ def config_from_mapping(env: Mapping[str, str], env_file: str = "", pools_file: 
         raise ConfigError("REDIS_SENTINEL_MASTER", "", "the master's name when REDIS_SENTINELS is set")
     _resolve_elasticsearch(values)
     workers = _resolve_workers(values)
-    pools = build_pools(pools_file=values["pools_file"], pools=values["pools_inline"], workers=workers,
-                        ingress_lists=values["ingress_lists"], storages=values["storages"],
-                        queue_weights=values["queue_weights"])
+    policy_defaults = _link_policy_defaults(env)
+    if chains_file is not None:
+        if values["pools_file"] or values["pools_inline"]:
+            raise ConfigError("CONSERVER_CONFIG_FILE", config_file, (
+                "either a config.yml or CONSERVER_POOLS_FILE / CONSERVER_POOLS: both describe the chains"))
+        pools = chains_file.pools(workers, policy_defaults)
+    else:
+        pools = build_pools(pools_file=values["pools_file"], pools=values["pools_inline"], workers=workers,
+                            ingress_lists=values["ingress_lists"], storages=values["storages"],
+                            queue_weights=values["queue_weights"], policy_defaults=policy_defaults)
+    declared = chains_file is not None or bool(values["pools_file"] or values["pools_inline"])
+    pools = apply_mode(values["worker_mode"], pools, declared=declared, env=env, priorities=values["worker_priorities"],
+                       job_types=values["worker_job_types"], ingress_lists=values["ingress_lists"],
+                       storages=values["storages"], workers=workers)
+    pools = scale_workers(pools, values["worker_scale_factor"])
+    if values["worker_mode"] == "scheduler-only":
+        values["enable_scheduler"] = True
     cfg = Config(**values, workers=workers, pools=pools, env_file=env_file,
+                 notes=chains_file.notes if chains_file is not None else (),
                  extra={k: v for k, v in env.items() if k.startswith(STORE_EXTRA_PREFIX)})
     for s in SETTINGS:  # a store in use must have what it needs to connect
         if s.needed_by and s.needed_by in cfg.stores_used and not getattr(cfg, s.field):
@@ -232,7 +276,9 @@ def describe(cfg: Config) -> str:
     lines = [f"# conserver: the effective settings from {source}, secrets hidden", *_render(cfg.redacted(), docs=False),
              "", f"# {'-' * 64} resolved", f"# workers: {cfg.total_workers}"]
     for p in cfg.pools:
-        lines.append(f"# pool {p.name}: workers {p.workers}, lists {','.join(p.ingress_lists)}, "
-                     f"stores {','.join(p.storages) or 'none'}"
+        lines.append(f"# chain {p.name}: workers {p.workers}, lists {','.join(p.ingress_lists)}, "
+                     f"links {','.join(f'{k.name}({k.module})' for k in p.links) or 'none'}, "
+                     f"stores {','.join(p.storages) or 'none'}, egress {','.join(p.egress_lists) or 'none'}"
                      + (f", weights {','.join(f'{n}:{w}' for n, w in p.weights)}" if p.weights else ""))
+    lines += [f"# {note}" for note in cfg.notes]
     return "\n".join(lines) + "\n"

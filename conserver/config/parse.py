@@ -40,6 +40,14 @@ _SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|signature|auth|credential"
 _CONNINFO_SECRET = re.compile(r"""(\b[\w.-]*(?:pass|pwd|secret|token|key)[\w.-]*\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']*)""", re.I)
 
 
+def config_problem(where: str, value: Any, problem: str) -> ConfigError:
+    """A ConfigError about a place in a file (``config.yml chains.main link 'x'``), worded as
+    the problem, not as the values allowed."""
+    err = ConfigError(where, value, problem)
+    err.args = (f"invalid configuration: {where}: {value!r}: {problem}",)
+    return err
+
+
 def redact_url(url: str) -> str:
     """A URL or libpq connection string with its secrets hidden, wherever it is shown:
     ``redis://user:secret@host/0?password=x`` -> ``redis://user:***@host/0?password=***``,
@@ -107,19 +115,35 @@ class Bool(Parser):
         return "true" if value else "false"
 
 
-class Int(Parser):
-    def __init__(self, lo: int, hi: int):
-        self.lo, self.hi = lo, hi
-        self.allowed = f"an integer from {lo} to {hi}"
+class Number(Parser):
+    """A decimal number within bounds (a factor)."""
 
-    def parse(self, var: str, raw: str) -> int:
+    kind = "a number"
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
+        self.allowed = f"{self.kind} from {_number(lo)} to {_number(hi)}"
+
+    def cast(self, text: str) -> float:
+        return float(text)
+
+    def parse(self, var: str, raw: str) -> float:
         try:
-            value = int(raw.strip())
+            value = self.cast(raw.strip())
         except ValueError:
             raise self.reject(var, raw) from None
-        if not self.lo <= value <= self.hi:
+        if not (math.isfinite(value) and self.lo <= value <= self.hi):
             raise self.reject(var, raw)
         return value
+
+    def format(self, value: float) -> str:
+        return _number(value)
+
+
+class Int(Number):
+    kind = "an integer"
+    cast = staticmethod(int)
+    format = Parser.format
 
 
 class Duration(Parser):

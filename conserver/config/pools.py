@@ -1,22 +1,25 @@
-"""Worker pools: which lists a group of workers reads and which stores it writes.
+"""Worker pools, which are chains: which lists a group of workers reads, which links each vCon
+runs through, which stores it goes to, and which lists its uuid goes on afterwards.
 
-A pool is the worker side of what vcon-server calls a chain: ingress lists -> links (steps
-that transform a vCon) -> storages -> egress lists. Links and egress lists are declared
-here already, always empty for now: when chains land they fill these fields and the
-``[pools.NAME]`` tables (or a chains file) gain ``links`` and ``egress_lists`` keys.
-
-Pools come from ``CONSERVER_POOLS_FILE`` (TOML), else ``CONSERVER_POOLS`` (inline), else
-one pool ``default`` of CONSERVER_WORKERS workers on CONSERVER_INGRESS_LISTS with
-CONSERVER_STORAGES and CONSERVER_QUEUE_WEIGHTS.
+A pool is what vcon-server calls a chain (one model, not two): ingress lists in priority
+order -> links in order -> storages -> egress lists. Chains come from the first source set:
+a vcon-server config.yml (``CONSERVER_CONFIG_FILE``, ``chains.py``), ``CONSERVER_POOLS_FILE``
+(TOML: ``[pools.NAME]`` tables, which may name ``links`` declared in ``[links.NAME]`` tables
+and ``egress_lists``), ``CONSERVER_POOLS`` (inline), else one chain ``default`` of
+CONSERVER_WORKERS workers on CONSERVER_INGRESS_LISTS with CONSERVER_STORAGES and
+CONSERVER_QUEUE_WEIGHTS. Seed 001's WORKER_MODE then reshapes them (``modes.py``).
+A pool's name is its chain's name: process titles, metrics and ``conserver status`` show it.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from conserver.config.parse import MAX_WORKERS, ConfigError, Int, ListNames, Stores
+from conserver.config.parse import MAX_WORKERS, ConfigError, Int, ListNames, Stores, config_problem
 
 _POOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
 _WORKERS, _LISTS, _STORES = Int(1, MAX_WORKERS), ListNames(), Stores()
@@ -32,10 +35,51 @@ class PoolConfig:
     storages: tuple[str, ...]
     # list -> weight; empty means strict priority (always the first non-empty list).
     weights: tuple[tuple[str, int], ...] = ()
-    # The room for vcon-server chains (not used yet): links run in order before the stores,
-    # and each stored vCon's uuid is pushed on every egress list after them.
-    links: tuple[str, ...] = ()
+    # The chain: links run in order before the stores, and each stored vCon's uuid goes on
+    # every egress list in the same atomic step as its ack (after every store committed it).
+    links: tuple["LinkConfig", ...] = ()
     egress_lists: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """One link of a chain as declared (config.yml ``links.NAME``, TOML ``[links.NAME]``).
+    Plain data, so a spawned worker gets it pickled and loads the module itself
+    (``conserver.links.configure_link``); the main process loaded it once already to check it."""
+
+    name: str
+    module: str
+    options: Mapping[str, Any] = field(default_factory=dict)  # as written, ``conserver:`` policy included
+    pip_name: str = ""
+    policy_defaults: Mapping[str, Any] = field(default_factory=dict)  # deployment-wide (environment)
+
+
+def link_configs(where: str, names: Any, declared: Mapping[str, Any],
+                 policy_defaults: Mapping[str, Any]) -> tuple[LinkConfig, ...]:
+    """A chain's ``links`` (names of declared links) -> LinkConfigs, each loaded once to check
+    that conserver can run it: a ConfigError naming the link, its module and the chain if not."""
+    from conserver.links.base import LinkLoadError  # conserver.links imports nothing of config
+    from conserver.links.loader import configure_link
+
+    if names is None:
+        return ()
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}.links", names, "a list of link names")
+    out = []
+    for name in names:
+        decl = declared.get(name)
+        if not isinstance(decl, Mapping) or not isinstance(decl.get("module"), str):
+            raise ConfigError(f"{where}.links", name, "names of links declared with a module under links:")
+        options = decl.get("options") or {}
+        link = LinkConfig(name, decl["module"], dict(options) if isinstance(options, Mapping) else options,
+                          str(decl.get("pip_name") or ""), dict(policy_defaults))
+        try:
+            configure_link(name, link.module, link.options, pip_name=link.pip_name or None,
+                           policy_defaults=link.policy_defaults)
+        except LinkLoadError as exc:
+            raise config_problem(f"{where} link {name!r}", link.module, f"not a link conserver can run: {exc}") from None
+        out.append(link)
+    return tuple(out)
 
 
 def parse_weights(var: str, raw: str, lists: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
@@ -53,10 +97,11 @@ def parse_weights(var: str, raw: str, lists: tuple[str, ...]) -> tuple[tuple[str
 
 
 def build_pools(*, pools_file: str, pools: str, workers: int, ingress_lists: tuple[str, ...],
-                storages: tuple[str, ...], queue_weights: str) -> tuple[PoolConfig, ...]:
+                storages: tuple[str, ...], queue_weights: str,
+                policy_defaults: Mapping[str, Any] | None = None) -> tuple[PoolConfig, ...]:
     """The pools of a configuration, from the first of its three sources that is set."""
     if pools_file:
-        return pools_from_toml(pools_file, ingress_lists, storages)
+        return pools_from_toml(pools_file, ingress_lists, storages, policy_defaults)
     if pools:
         return parse_pools("CONSERVER_POOLS", pools, storages)
     weights = parse_weights("CONSERVER_QUEUE_WEIGHTS", queue_weights, ingress_lists) if queue_weights else ()
@@ -81,8 +126,11 @@ def parse_pools(var: str, raw: str, storages: tuple[str, ...]) -> tuple[PoolConf
     return tuple(pools)
 
 
-def pools_from_toml(path: str, ingress_lists: tuple[str, ...], storages: tuple[str, ...]) -> tuple[PoolConfig, ...]:
-    """``[pools.NAME]`` tables with workers, ingress_lists, storages and optional weights."""
+def pools_from_toml(path: str, ingress_lists: tuple[str, ...], storages: tuple[str, ...],
+                    policy_defaults: Mapping[str, Any] | None = None) -> tuple[PoolConfig, ...]:
+    """``[pools.NAME]`` tables with workers, ingress_lists, storages and optional weights,
+    links (names of ``[links.NAME]`` tables: module, options) and egress_lists."""
+    policy_defaults = policy_defaults or {}
     var = "CONSERVER_POOLS_FILE"
     try:
         with open(path, "rb") as fh:
@@ -100,5 +148,7 @@ def pools_from_toml(path: str, ingress_lists: tuple[str, ...], storages: tuple[s
         workers = _WORKERS.parse(f"{where}.workers", str(t.get("workers", 1)))
         w = t.get("weights")
         weights = parse_weights(f"{where}.weights", ",".join(f"{k}:{v}" for k, v in w.items()), lists) if w else ()
-        pools.append(PoolConfig(name, workers, lists, stores, weights))
+        links = link_configs(where, t.get("links"), doc.get("links") or {}, policy_defaults)
+        egress = _LISTS.parse(f"{where}.egress_lists", ",".join(t["egress_lists"])) if t.get("egress_lists") else ()
+        pools.append(PoolConfig(name, workers, lists, stores, weights, links, egress))
     return tuple(pools)

@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from conserver.config.parse import (MAX_WORKERS, Autoscale, Bool, Choice, Duration, Identifier, ImportPath, Int,
-                                    ListNames, OptionalNames, Parser, RateLimits, Sentinels, Stores, Text, Url, WorkerCount)
+                                    ListNames, Number, OptionalNames, Parser, RateLimits, Sentinels, Stores, Text, Url, WorkerCount)
 
 START_METHODS = ("fork", "spawn", "forkserver")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
+WORKER_MODES = ("thin", "default", "specialized", "job-specialized", "scheduler-only")
 DAY = 86400
 
 
@@ -79,6 +80,27 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "0 = never."),
         Setting("CONSERVER_MAX_WORKER_RSS_MB", "max_worker_rss_mb", Int(0, 1 << 20), "0"),
         Setting("CONSERVER_MAX_WORKER_AGE", "max_worker_age", Duration("s", 0, 365 * DAY), "0"),
+    )),
+    # ------------------------------------------------------------------ chains (issue 15): one block
+    ("chains: vcon-server config.yml, links, egress, seed 001 modes", (
+        Setting("CONSERVER_CONFIG_FILE", "config_file", Text(), "",
+                "A vcon-server config.yml, read unchanged (also `conserver run --config FILE`): its chains\n"
+                "become the worker pools (links, ingress_lists, storages, egress_lists, enabled). Empty: none\n"
+                "(vcon-server defaults to ./example_config.yml; conserver reads no file unless told). See docs/chains.md."),
+        Setting("CONSERVER_VCON_CONCURRENCY", "vcon_concurrency", Int(1, 1000), "1",
+                "vCons of a batch whose links run at once in one worker (links keep their order within a vCon).\n"
+                "Seed 001's WORKER_CONCURRENCY means the same here (see docs/chains.md).",
+                aliases=("WORKER_CONCURRENCY",)),
+        Setting("VCON_DLQ_EXPIRY", "vcon_dlq_expiry", Duration("s", 0, 3650 * DAY), "604800",
+                "A vCon dead-lettered because a link failed keeps its body this long (0 = no expiry set)."),
+        Setting("WORKER_MODE", "worker_mode", Choice(WORKER_MODES, empty="no mode: the pools as configured"), "",
+                "Seed 001's modes, mapped onto chains: thin, default, specialized, job-specialized, scheduler-only."),
+        Setting("WORKER_PRIORITIES", "worker_priorities", OptionalNames(), "",
+                "Seed 001: the ingress lists by priority (high,normal,low when WORKER_MODE is set)."),
+        Setting("WORKER_JOB_TYPES", "worker_job_types", OptionalNames(), "",
+                "Seed 001's job-specialized mode: the chains this instance runs, by name."),
+        Setting("WORKER_SCALE_FACTOR", "worker_scale_factor", Number(0.01, 256), "1",
+                "Seed 003: every chain's worker count is multiplied by this (rounded, at least 1)."),
     )),
     ("Redis and the queue", (
         Setting("REDIS_URL", "redis_url", Url("redis", "rediss", "unix"), "redis://localhost:6379/0"),

@@ -232,3 +232,41 @@ class LiveCollector:
         yield dlq
         yield GaugeMetricFamily("conserver_processing_depth", "vCons claimed by workers, all hosts", value=d["processing"])
         yield GaugeMetricFamily("conserver_delayed_depth", "vCons waiting for a retry", value=d["delayed"])
+
+
+# ---------------------------------------------------------------------------- chains and links
+# (one block: the pipeline's chain step writes these; conserver.tasks.chain and pipeline.py)
+
+CHAIN_OUTCOMES = ("processed", "halted", "failed")  # stored + acked + on egress; a link said None; a link failed
+
+
+class NullChainMetrics:
+    def vcons(self, chain: str, outcome: str, n: int = 1) -> None: ...
+    def link(self, chain: str, link: str, seconds: float, outcome: str) -> None: ...
+
+
+class ChainMetrics(NullChainMetrics):
+    """Per chain and per link, made in the worker process after it started."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.chain_vcons = Counter("conserver_chain_vcons", "vCons per chain: processed (stored, acknowledged, "
+                                   "on its egress lists), halted (a link returned nothing), failed (a link failed)",
+                                   ["chain", "outcome"])
+        self.link_calls = Counter("conserver_link_calls", "Link runs per vCon by outcome: ok, halted, failed",
+                                  ["chain", "link", "outcome"])
+        self.link_seconds = Histogram("conserver_link_seconds", "One link on one vCon, its retries included",
+                                      ["chain", "link"], buckets=DURATION_BUCKETS)
+
+    def vcons(self, chain: str, outcome: str, n: int = 1) -> None:
+        if n:
+            self.chain_vcons.labels(chain, outcome).inc(n)
+
+    def link(self, chain: str, link: str, seconds: float, outcome: str) -> None:
+        self.link_calls.labels(chain, link, outcome).inc()
+        self.link_seconds.labels(chain, link).observe(seconds)
+
+
+def chain_metrics() -> NullChainMetrics:
+    return ChainMetrics() if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else NullChainMetrics()

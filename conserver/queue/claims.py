@@ -22,7 +22,7 @@ import redis
 from conserver.queue import error_log
 from conserver.queue.client import as_text, item_id
 from conserver.queue.keys import DEFAULT_KEYS, KeyLayout
-from conserver.queue.protocol import (STATUS, Claim, QueueSettings, WeightedChoice, claim_label, error_text,
+from conserver.queue.protocol import (STATUS, AckEffect, Claim, QueueSettings, WeightedChoice, claim_label, error_text,
                                       inline_uuid, label, log_error, mark_uuid, now_iso)
 from conserver.queue.scripts import QueueScripts
 
@@ -143,7 +143,7 @@ class WorkerClaims:
         item, body, deliveries, code, size, attempts, done = rows[i:i + 7]
         if code == 4:  # inline: the item is the vCon
             return Claim(item, source, inline_uuid(item), None, deliveries, item_id(item), attempts, _NONE,
-                         "inline", size)
+                         "inline", size, "inline")
         iid = item_id(item)
         uuid = iid if iid[0:5] != "sha1:" else item.decode(errors="replace")
         return Claim(item, source, uuid, body, deliveries, iid, attempts,
@@ -165,6 +165,7 @@ class WorkerClaims:
                 if isinstance(body, str):
                     body = body.encode()
                 c.size = len(body)
+                c.body_type = "json"
                 if 0 < self.settings.max_vcon_bytes < len(body):
                     c.status = "too_large"
                 else:
@@ -174,17 +175,23 @@ class WorkerClaims:
 
     # ------------------------------------------------------------------ resolving
 
-    def ack(self, claims: Iterable[Claim]) -> int:
-        """Done: remove from the processing list(s) and clear the counters and store marks.
-        One round trip. Returns how many were still ours to ack."""
+    def ack(self, claims: Iterable[Claim], effects: Mapping[str, Iterable[AckEffect]] | None = None) -> int:
+        """Done: remove from the processing list(s) and clear the counters and store marks,
+        and apply each claim's ``effects`` (by item_id: body rewrite, TTL, egress pushes),
+        all in one atomic round trip; a claim that was no longer ours gets no effects, so a
+        retried call pushes nothing twice. Returns how many were still ours to ack."""
         groups = _by_source(claims)
         if not groups:
             return 0
+        effects = effects or {}
         args: list[Any] = [self.settings.body_expiry_s]
         for group in groups.values():
             args.append(len(group))
             for c in group:
-                args += (c.item, c.item_id, mark_uuid(c.uuid))
+                mine = effects.get(c.item_id, ())
+                args += (c.item, c.item_id, mark_uuid(c.uuid), len(mine))
+                for e in mine:
+                    args += self._effect_args(e)
         keys = [self.keys.processing(self.worker_id, src) for src in groups]
         acked = self.scripts.run("ack", keys, args)
         expected = sum(map(len, groups.values()))
@@ -192,6 +199,19 @@ class WorkerClaims:
             log.warning("acked %d of %d claims; the rest had left the processing list (requeued by a sweep?)",
                         acked, expected)
         return acked
+
+    def _effect_args(self, e: AckEffect) -> tuple[str, str, Any]:
+        if e.op == "push":
+            return "P", e.target, e.value
+        if e.op == "body":
+            return ("J" if e.body_type == "json" else "S"), self.keys.body(e.target), e.value
+        if e.op == "ttl":
+            return "E", self.keys.body(e.target), int(e.value)
+        raise ValueError(f"unknown ack effect {e.op!r}")
+
+    def set_body_ttl(self, uuid: str, seconds: int) -> None:
+        """The body of ``uuid`` expires in ``seconds`` (VCON_DLQ_EXPIRY of a link failure)."""
+        self.redis.expire(self.keys.body(uuid), int(seconds))
 
     def requeue_unstarted(self, claims: Iterable[Claim]) -> int:
         """Give back claims that were never started (a draining worker): to the head of their

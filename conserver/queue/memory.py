@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from conserver.queue.client import item_id
-from conserver.queue.protocol import (Claim, QueueSettings, WeightedChoice, error_text, inline_uuid, mark_uuid,
+from conserver.queue.protocol import (AckEffect, Claim, QueueSettings, WeightedChoice, error_text, inline_uuid, mark_uuid,
                                       now_iso, producer_items)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +53,8 @@ class MemoryQueue:
         self._lock = threading.RLock()
         self.lists: dict[str, list[bytes]] = defaultdict(list)
         self.bodies: dict[str, bytes] = {}  # item text -> body
+        self.body_types: dict[str, str] = {}  # item text -> "json" once an ack rewrote it as RedisJSON
+        self.ttls: dict[str, int] = {}  # item text -> seconds an ack set its body to expire in (never applied)
         self.processing: dict[tuple[str, str], list[bytes]] = {}  # (worker, list) -> claim order
         self.deliveries: dict[str, int] = {}
         self.attempts: dict[str, int] = {}
@@ -124,6 +126,18 @@ class MemoryQueue:
             "worker": worker_id, "time": now_iso(), "list": source, "uuid": _uuid_of(item), "item_id": iid}
         self.deliveries.pop(iid, None)
         self.attempts.pop(iid, None)
+
+    def apply(self, e: AckEffect) -> None:
+        """One effect of an ack: a push, a body rewrite (its type kept in ``body_types``), a TTL."""
+        if e.op == "push":
+            self.lists[e.target].append(e.value if isinstance(e.value, bytes) else str(e.value).encode())
+        elif e.op == "body":
+            self.bodies[e.target] = e.value if isinstance(e.value, bytes) else str(e.value).encode()
+            self.body_types[e.target] = e.body_type
+        elif e.op == "ttl":
+            self.ttls[e.target] = int(e.value)
+        else:
+            raise ValueError(f"unknown ack effect {e.op!r}")
 
     @_locked
     def requeue_worker(self, worker_id: str) -> int:
@@ -198,7 +212,7 @@ class MemoryClaims:
         if item.startswith(b"{"):
             uuid = inline_uuid(item)
             done = frozenset(q.stored.get(uuid.lower(), ())) if uuid else _NONE
-            return Claim(item, source, uuid, None, deliveries, iid, attempts or 0, done, "inline", len(item))
+            return Claim(item, source, uuid, None, deliveries, iid, attempts or 0, done, "inline", len(item), "inline")
         text = item.decode(errors="replace")
         uuid = text if iid[0:5] == "sha1:" else iid
         again = iid == text and (deliveries > 1 or attempts is not None)
@@ -208,10 +222,11 @@ class MemoryClaims:
             return Claim(item, source, uuid, None, deliveries, iid, attempts or 0, done, "missing", 0)
         if 0 < self.settings.max_vcon_bytes < len(body):
             return Claim(item, source, uuid, None, deliveries, iid, attempts or 0, done, "too_large", len(body))
-        return Claim(item, source, uuid, body, deliveries, iid, attempts or 0, done, "ok", len(body))
+        return Claim(item, source, uuid, body, deliveries, iid, attempts or 0, done, "ok", len(body),
+                     self.queue.body_types.get(text, "string"))
 
     @_locked
-    def ack(self, claims: Iterable[Claim]) -> int:
+    def ack(self, claims: Iterable[Claim], effects: Mapping[str, Iterable[AckEffect]] | None = None) -> int:
         q, acked = self.queue, 0
         for c in claims:
             if q.take(self.worker_id, c.source, c.item):
@@ -219,7 +234,13 @@ class MemoryClaims:
                 q.deliveries.pop(c.item_id, None)
                 q.attempts.pop(c.item_id, None)
                 q.stored.pop(mark_uuid(c.uuid), None)
+                for e in (effects or {}).get(c.item_id, ()):
+                    q.apply(e)
         return acked
+
+    @_locked
+    def set_body_ttl(self, uuid: str, seconds: int) -> None:
+        self.queue.ttls[uuid] = int(seconds)
 
     @_locked
     def requeue_unstarted(self, claims: Iterable[Claim]) -> int:

@@ -4,7 +4,7 @@ write into dead letters and log lines.
 
 The protocol itself, as seen by a worker (``claims.WorkerClaims``, ``memory.MemoryClaims``)::
 
-    claim_batch(timeout, max_items) -> [Claim]     ack(claims) -> int
+    claim_batch(timeout, max_items) -> [Claim]     ack(claims, effects) -> int
     defer(claim, error, count_attempt, delay) -> bool (False: retries exhausted, dead-lettered)
     dead_letter(claim, reason, error, attempts) -> bool   requeue_unstarted(claims) -> int
     beat(info)   retire() -> int   mark_stored({uuid: stores})   stores_done(uuids)
@@ -48,10 +48,29 @@ class Claim:
     done: frozenset[str] = field(default_factory=frozenset)  # stores that already hold this vCon
     status: str = "ok"  # ok, missing, too_large, wrongtype (not a string value), inline
     size: int = 0  # the body's length in Redis
+    body_type: str = "string"  # how the body is held: "string" (GET), "json" (RedisJSON), "inline" (the item)
 
     @property
     def inline(self) -> bool:
         return self.status == "inline"
+
+
+# -- what a chain does with a vCon in the same atomic step as its ack (ack(claims, effects))
+@dataclass(frozen=True, slots=True)
+class AckEffect:
+    """One write that goes with an ack, only when the claim was still ours to ack:
+
+    - ``push``: RPUSH ``value`` (a uuid, or an inline vCon) on the list ``target``: egress
+      lists, and the lists a link routes to (tag_router);
+    - ``body``: the body of uuid ``target`` becomes ``value`` (JSON bytes), as ``body_type``
+      says: a string (SET, its TTL kept) or RedisJSON (JSON.SET);
+    - ``ttl``: the body of uuid ``target`` expires in ``value`` seconds (expire_vcon).
+    """
+
+    op: str
+    target: str
+    value: bytes | str | int
+    body_type: str = "string"
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,20 @@
-"""The store pipeline: the default worker task.
+"""The store pipeline: the default worker task, one chain's worker.
 
 Store pipeline, one loop turn::
 
     claim_batch ──▶ parse + validate each ──bad──▶ dead letter (reason, one WARNING line)
                           │ good
                           ▼
+                the chain's links, per vCon (chain.py) ──None──▶ halted: ack, nothing stored
+                          │                            └─fails─▶ defer, then DLQ link_failed
+                          ▼
                 fan-out to every store not yet holding it (thread pool per store)
                           │
          all committed ───┼── some transient / breaker open ──▶ mark what committed, defer
               │           └── permanent store error ─────────▶ dead letter
               ▼
-             ack   (only now does the vCon leave the processing list)
+             ack + body rewrite + egress pushes, one atomic step (only now does the vCon
+             leave the processing list, and only now does its uuid go on the egress lists)
 
 Redis being away is not an error of a vCon: every Redis call of the resolve step is
 retried with backoff until it goes through or the worker is killed, and the claimed
@@ -27,16 +31,19 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+import redis
+
 from conserver.conformance import Conformance
 from conserver.fanout import Action, Fanout, decide
 from conserver.limits import SharedTokenBucket, TenantSlots
-from conserver.observability.metrics import worker_metrics
+from conserver.observability.metrics import chain_metrics, worker_metrics
 from conserver.process.worker import WorkerTask
 from conserver.queue.claims import WorkerClaims
 from conserver.queue.client import REDIS_DOWN, make_redis, make_worker_id
 from conserver.queue.keys import DEFAULT_KEYS, KeyLayout
-from conserver.queue.protocol import Claim, QueueSettings
+from conserver.queue.protocol import AckEffect, Claim, QueueSettings
 from conserver.storage import load_sinks
+from conserver.tasks.chain import ChainLinks, Failed, Halted, Passed, ack_effects
 from conserver.vcon import InvalidVcon, Vcon, check_uuid, parse_vcon
 
 log = logging.getLogger("conserver.tasks.pipeline")
@@ -93,6 +100,11 @@ class StorePipeline(WorkerTask):
         self.queue = self.open_queue()
         self.ctx.set_ident(self.queue.worker_id)
         self.retry = _RedisBackoff(self.ctx)
+        self.chain_metrics = chain_metrics()
+        self.links = ChainLinks(pool, self.redis, concurrency=cfg.vcon_concurrency, max_bytes=cfg.max_vcon_bytes,
+                                body_key=getattr(self.queue, "keys", DEFAULT_KEYS).body,
+                                should_stop=lambda: self.ctx.stopping, metrics=self.chain_metrics)
+        self.link_state: dict[str, tuple[bool, list[AckEffect]]] = {}  # item_id -> (changed, held) of a Passed
         self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
         self.sinks = load_sinks(pool.storages, cfg)
         self.metrics = worker_metrics()
@@ -134,7 +146,9 @@ class StorePipeline(WorkerTask):
                 log.warning("redis unavailable for the heartbeat (%s)", exc)
 
     def _beat_info(self) -> dict[str, Any]:
-        return {"pool": self.ctx.pool.name, "number": self.ctx.number, "processed": self.ctx.processed,
+        links = getattr(self, "links", None)
+        return {"pool": self.ctx.pool.name, "links": ",".join(links.names) if links else "",
+                "number": self.ctx.number, "processed": self.ctx.processed,
                 "state": "busy" if self.ctx.slot.busy_since else "idle",
                 "current": self.ctx.slot.current.decode(errors="replace")}
 
@@ -189,11 +203,17 @@ class StorePipeline(WorkerTask):
             except InvalidVcon as bad:
                 self.dead_letter(claim, bad.reason, bad.detail)
         valid = self.admit(valid)
-        ok, failed = self.store(valid) if valid else (0, 0)
+        acks: list[Claim] = []
+        effects: dict[str, list[AckEffect]] = {}
+        admitted = len(valid)
+        if valid and self.links:
+            valid = self.run_links(valid, acks, effects)
+        link_failures = admitted - len(valid) - len(acks)  # acks: the halted ones so far
+        ok, failed = self.store(valid, acks, effects) if valid or acks else (0, 0)
         if self.held_tenants:
             self.retry.call(lambda: self.tenants.release_many(self.held_tenants, self.queue.worker_id), "tenant slots")
             self.held_tenants = {}
-        failed += len(claims) - len(valid)
+        failed += len(claims) - admitted + link_failures
         self.metrics.batch(claims[0].source, ok, failed, time.monotonic() - started)
         for name, breaker in self.fanout.breakers.items():
             self.metrics.breaker_state(name, breaker.state)
@@ -229,17 +249,54 @@ class StorePipeline(WorkerTask):
             admitted.append((claim, vcon))
         return admitted
 
-    def store(self, valid: list[tuple[Claim, Vcon]]) -> tuple[int, int]:
-        """Fan out, then resolve each vCon: ack, defer (retry later) or dead-letter."""
+    def run_links(self, valid: list[tuple[Claim, Vcon]], acks: list[Claim],
+                  effects: dict[str, list[AckEffect]]) -> list[tuple[Claim, Vcon]]:
+        """The chain's links: what goes on to the stores. A halted vCon joins ``acks`` with
+        its effects (no egress); a failed one is deferred or dead-lettered."""
+        passed = []
+        for (claim, _), result in zip(valid, self.links.run_batch(valid)):
+            if isinstance(result, Passed):
+                passed.append((claim, result.vcon))
+                self.link_state[claim.item_id] = (result.changed, result.held)
+            elif isinstance(result, Halted):
+                acks.append(claim)
+                effects[claim.item_id] = ack_effects(claim, result.vcon, result.changed, result.held, ())
+            else:
+                self.link_failed(claim, result)
+        self.chain_metrics.vcons(self.ctx.pool.name, "halted", len(acks))
+        return passed
+
+    def link_failed(self, claim: Claim, failure: Failed) -> None:
+        """vcon-server's rule, retried first when the failure may pass: ``DLQ:{list}`` with
+        reason link_failed (the link named), the body kept VCON_DLQ_EXPIRY."""
+        error = f"link {failure.link}: {failure.detail}"
+        self.chain_metrics.vcons(self.ctx.pool.name, "failed")
+        if failure.transient and claim.attempts < self.ctx.config.max_retries:
+            self.retry.call(lambda: self.queue.defer(claim, error), "defer")
+            self._record_error(claim.uuid or claim.item_id, error)
+            return
+        self.dead_letter(claim, failure.reason, error)
+        expiry = int(self.ctx.config.vcon_dlq_expiry)
+        if expiry and not claim.inline:
+            self.retry.call(lambda: self.queue.set_body_ttl(claim.uuid, expiry), "dead-letter body expiry")
+
+    def store(self, valid: list[tuple[Claim, Vcon]], acks: list[Claim],
+              effects: dict[str, list[AckEffect]]) -> tuple[int, int]:
+        """Fan out, then resolve each vCon: ack (with its chain's effects), defer (retry
+        later) or dead-letter. ``acks``/``effects`` may hold halted vCons already."""
         already = {v.uuid: c.done for c, v in valid if c.done}
-        outcomes = self.fanout.store_batch([v for _, v in valid], already)
-        acks: list[Claim] = []
+        outcomes = self.fanout.store_batch([v for _, v in valid], already) if valid else {}
+        halted = len(acks)
+        egress = self.ctx.pool.egress_lists
         deferred: list[tuple[Claim, Vcon, Any]] = []
         stored_some: dict[str, frozenset[str]] = {}
         for claim, vcon in valid:
             verdict = decide(outcomes[vcon.uuid])
+            changed, held = self.link_state.pop(claim.item_id, (False, []))
             if verdict.action is Action.ACK:
                 acks.append(claim)
+                if changed or held or egress:
+                    effects[claim.item_id] = ack_effects(claim, vcon.data, changed, held, egress)
                 continue
             if verdict.done - claim.done:
                 stored_some[vcon.uuid] = verdict.done
@@ -259,8 +316,22 @@ class StorePipeline(WorkerTask):
                 if verdict.count_attempt:
                     self._record_error(vcon.uuid, error)
         if acks:
-            self.retry.call(lambda: self.queue.ack(acks), "ack")
-        return len(acks), len(deferred)
+            self.ack(acks, effects)
+        self.chain_metrics.vcons(self.ctx.pool.name, "processed", len(acks) - halted)
+        return len(acks) - halted, len(deferred)
+
+    def ack(self, acks: list[Claim], effects: dict[str, list[AckEffect]]) -> None:
+        try:
+            self.retry.call(lambda: self.queue.ack(acks, effects), "ack")
+        except redis.ResponseError as exc:
+            # An egress list whose key holds another type: the script changed nothing. Ack one by
+            # one, so only the vCons that write that key wait in the dead letters (stored already).
+            log.error("ack with egress pushes refused (%s); acking one at a time", exc)
+            for claim in acks:
+                try:
+                    self.retry.call(lambda c=claim: self.queue.ack([c], effects), "ack")
+                except redis.ResponseError as one:
+                    self.dead_letter(claim, "egress_failed", str(one))
 
     def dead_letter(self, claim: Claim, reason: str, detail: str) -> None:
         self.retry.call(lambda: self.queue.dead_letter(claim, reason, detail), "dead letter")
@@ -280,6 +351,8 @@ class StorePipeline(WorkerTask):
         fanout = getattr(self, "fanout", None)
         if fanout is not None:
             fanout.close()
+        if getattr(self, "links", None) is not None:
+            self.links.close()
         queue = getattr(self, "queue", None)
         if queue is not None:
             # Anything still claimed (nothing, normally) goes back; the heartbeat goes.

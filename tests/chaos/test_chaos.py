@@ -5,16 +5,14 @@ Each test prints one summary line: sent, stored, lost, duplicated, dead-lettered
 from __future__ import annotations
 
 import collections
-import os
 import random
-import signal
-import threading
 import time
 
 import pytest
 
 from tests.chaos.corpus import BAD_CORPUS
-from tests.helpers.proc import Conserver, title, wait_for
+from tests.chaos.killer import killing_workers
+from tests.helpers.proc import Conserver, wait_for
 from tests.helpers.stores import census, enqueue_samples, queue_for, wait_drained
 
 STORES = ("postgres", "s3", "elasticsearch")
@@ -50,26 +48,8 @@ def test_kill9_a_random_worker_every_250ms(run, stack_env):
     sent = {v["uuid"] for v in enqueue_samples(queue, 5000)}
     c = run(env, workers=3)
     c.wait_workers(3, state="", timeout=20)
-    stop, kills = threading.Event(), [0]
-
-    def killer():
-        rng = random.Random(7)
-        while not stop.wait(0.25):
-            victims = [w for w in c.workers() if title(w.pid).startswith("conserver: worker")]
-            if victims:
-                try:
-                    os.kill(rng.choice(victims).pid, signal.SIGKILL)
-                    kills[0] += 1
-                except ProcessLookupError:
-                    pass
-
-    t = threading.Thread(target=killer)
-    t.start()
-    try:
+    with killing_workers(c, seed=7) as kills:
         wait_for(lambda: queue.depths()["lists"]["default"] == 0, 240, interval=0.5, what="the list consumed")
-    finally:
-        stop.set()
-        t.join()
     wait_drained(queue, 120)
     found = census_of(env)
     f = summary("kill9", sent, found, sum(queue.depths()["dlq"].values()), c)

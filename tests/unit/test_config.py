@@ -164,7 +164,7 @@ def test_check_config_output_reads_back_to_the_same_config():
         "CONSERVER_ENABLE_SCHEDULER": "off",
     })
     text = describe(c)
-    assert "POSTGRES_DSN=postgresql://db/x" in text and "# pool default: workers 2, lists high,normal" in text
+    assert "POSTGRES_DSN=postgresql://db/x" in text and "# chain default: workers 2, lists high,normal" in text
     assert config_from_mapping(dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", text, re.M))) == c
 
 
