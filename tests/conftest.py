@@ -22,12 +22,17 @@ def redis_server():
         yield server
 
 
+def _emptied(server: RedisServer) -> str:
+    """The server's URL, after a FLUSHALL: each test starts from an empty Redis."""
+    with server.client() as client:
+        client.flushall()
+    return server.url
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    """The session Redis, emptied (FLUSHALL) for this test."""
-    with redis_server.client() as client:
-        client.flushall()
-    return redis_server.url
+    """The session Redis, emptied for this test."""
+    return _emptied(redis_server)
 
 
 @pytest.fixture(scope="session")
@@ -44,9 +49,7 @@ def redisjson_server():
 @pytest.fixture
 def redisjson_url(redisjson_server: RedisServer) -> str:
     """The session RedisJSON server, emptied for this test."""
-    with redisjson_server.client() as client:
-        client.flushall()
-    return redisjson_server.url
+    return _emptied(redisjson_server)
 
 
 @pytest.fixture
