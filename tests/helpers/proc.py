@@ -22,9 +22,9 @@ class Conserver:
     def __init__(self, tmp_path: Path, env: dict[str, str], args: tuple[str, ...] = ("run",)):
         self.log_path = tmp_path / f"conserver-{time.monotonic_ns()}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSERVER_", "REDIS_", "NOTIFY_SOCKET"))}
-        # no scheduler or monitor unless a test asks: they would talk to Redis
-        full_env.update({"PYTHONPATH": str(ROOT), "CONSERVER_ENABLE_SCHEDULER": "false",
-                         "CONSERVER_METRICS_LOG_INTERVAL": "0"})
+        # The shipped defaults, scheduler and monitor included: a test that turns one off
+        # (CONSERVER_ENABLE_SCHEDULER=false, CONSERVER_METRICS_LOG_INTERVAL=0) says why.
+        full_env.update({"PYTHONPATH": str(ROOT)})
         full_env.update(env)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "conserver", *args], env=full_env, cwd=tmp_path,

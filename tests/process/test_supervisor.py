@@ -14,8 +14,9 @@ IDLE = "tests.helpers.tasks:IdleTask"
 
 
 @pytest.fixture
-def start(start_conserver):
-    return lambda env, args=("run",): start_conserver({"CONSERVER_PIPELINE": IDLE, **env}, args)
+def start(start_conserver, redis_url):
+    """At the defaults, scheduler and monitor included (they need the test's Redis)."""
+    return lambda env, args=("run",): start_conserver({"CONSERVER_PIPELINE": IDLE, "REDIS_URL": redis_url, **env}, args)
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
@@ -34,21 +35,22 @@ def test_start_method_brings_up_workers_with_titles(start, method):
     assert c.wait(10) == 0
 
 
-def test_kill9_worker_is_replaced_within_one_second(start):
-    c = start({"CONSERVER_WORKERS": "2", "CONSERVER_MIN_UPTIME": "0"})
+def test_kill9_of_a_ready_worker_replaces_it_at_once_at_the_defaults(start):
+    """At the shipped CONSERVER_MIN_UPTIME (10 s): a kill from outside is no crash. How fast
+    the replacement is up is measured by benchmarks/lifecycle.py, not here."""
+    c = start({"CONSERVER_WORKERS": "2"})
     victim = c.wait_workers(2, state="idle")[0]
     number = title(victim.pid).split()[2]
-    killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
 
     def replaced():
         return [w for w in c.workers() if w.pid != victim.pid and title(w.pid).split()[2:3] == [number]
                 and "idle" in title(w.pid)]
 
-    wait_for(replaced, 1.0, interval=0.005, what="replacement worker")
-    assert time.monotonic() - killed_at < 1.0
+    wait_for(replaced, 10, what="replacement worker")
     log = c.wait_log(f"pid={victim.pid} was killed by SIGKILL")
-    assert f"started worker {number.split('/')[0]}/2" in log
+    assert "replacing it at once (killed from outside)" in log and "restarting it in" not in log
+    assert log.count(f"started worker {number.split('/')[0]}/2") == 2
 
 
 def test_crash_at_start_backs_off_then_crash_loop_limit_exits_nonzero(start):
@@ -59,7 +61,8 @@ def test_crash_at_start_backs_off_then_crash_loop_limit_exits_nonzero(start):
     assert code == 4, log
     assert "crash loop" in log and "CONSERVER_CRASH_LIMIT=4" in log
     assert "simulated boot failure" in log and "failed to boot (exit code 3)" in log
-    delays = [float(line.split(" in ")[1].split("s ")[0]) for line in log.splitlines() if "restarting worker 1" in line]
+    delays = [float(line.split("restarting it in ")[1].split("s ")[0]) for line in log.splitlines()
+              if "worker 1 [default]" in line and "restarting it in" in line]
     assert len(delays) >= 4
     # exponential: each delay roughly doubles (jitter is +-20 %)
     for a, b in zip(delays, delays[1:]):
