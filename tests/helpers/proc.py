@@ -1,10 +1,13 @@
 """Helpers to run ``conserver`` as a real child process and watch its process tree."""
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -19,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 class Conserver:
     """``conserver run`` in a child process with its own environment and a log file."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], args: tuple[str, ...] = ("run",)):
+    def __init__(self, tmp_path: Path, env: dict[str, str], args: tuple[str, ...] = ("run",),
+                 terminal: bool = False):
         self.log_path = tmp_path / f"conserver-{time.monotonic_ns()}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSERVER_", "REDIS_", "NOTIFY_SOCKET"))}
         # The shipped defaults, scheduler and monitor included: a test that turns one off
@@ -27,8 +31,17 @@ class Conserver:
         full_env.update({"PYTHONPATH": str(ROOT)})
         full_env.update(env)
         self._log = open(self.log_path, "wb")
+        self.terminal = -1  # with ``terminal``: the pseudo-terminal's controlling side
+        stdin, extra = None, {}
+        if terminal:
+            # As in an operator's shell: the pty is conserver's controlling terminal and
+            # conserver's process group (workers included) its foreground group.
+            self.terminal, stdin = pty.openpty()
+            extra = {"start_new_session": True, "preexec_fn": _take_controlling_terminal}
         self.proc = subprocess.Popen([sys.executable, "-m", "conserver", *args], env=full_env, cwd=tmp_path,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdin=stdin, stdout=self._log, stderr=subprocess.STDOUT, **extra)
+        if stdin is not None:
+            os.close(stdin)
         self.pid = self.proc.pid
 
     # --- the process tree ---
@@ -59,6 +72,12 @@ class Conserver:
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
 
+    def ctrl_c(self) -> None:
+        """Type Ctrl-C on the terminal: its line discipline sends SIGINT to the whole
+        foreground process group."""
+        assert os.tcgetpgrp(self.terminal) == self.pid, "conserver is not the terminal's foreground group"
+        os.write(self.terminal, b"\x03")
+
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout)
 
@@ -81,6 +100,13 @@ class Conserver:
             except ProcessLookupError:
                 pass
         self._log.close()
+        if self.terminal >= 0:
+            os.close(self.terminal)
+            self.terminal = -1
+
+
+def _take_controlling_terminal() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # in the child, after setsid(): stdin is the pty
 
 
 def _is_worker(p: psutil.Process) -> bool:
