@@ -43,6 +43,7 @@ class Conserver:
         if stdin is not None:
             os.close(stdin)
         self.pid = self.proc.pid
+        self.seen: set[int] = set()  # every pid of its tree seen by all_pids()
 
     # --- the process tree ---
     def workers(self) -> list[psutil.Process]:
@@ -51,10 +52,13 @@ class Conserver:
             kids = psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+        self.seen.update(k.pid for k in kids)
         return [k for k in kids if _is_worker(k)]
 
     def worker_titles(self) -> dict[int, str]:
-        return {p.pid: title(p.pid) for p in self.workers()}
+        """pid -> title of the queue workers (not the scheduler or monitor)."""
+        titles = {p.pid: title(p.pid) for p in self.workers()}
+        return {pid: t for pid, t in titles.items() if t.startswith("conserver: worker")}
 
     def wait_workers(self, n: int, timeout: float = 15.0, state: str = "") -> list[psutil.Process]:
         """Wait until exactly n queue workers (not the scheduler or monitor) show ``state``."""
@@ -65,9 +69,11 @@ class Conserver:
 
     def all_pids(self) -> list[int]:
         try:
-            return [self.pid] + [k.pid for k in psutil.Process(self.pid).children(recursive=True)]
+            pids = [self.pid] + [k.pid for k in psutil.Process(self.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+        self.seen.update(pids)
+        return pids
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
@@ -90,14 +96,15 @@ class Conserver:
 
     def stop(self) -> None:
         """Leave nothing behind, whatever state the test ended in."""
-        pids = self.all_pids()
+        pids = set(self.all_pids()) | self.seen  # orphans too, once their master is gone
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
-        for pid in pids:
+        for pid in pids - {self.pid}:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                if title(pid).startswith("conserver: "):  # not a pid reused since
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, OSError):
                 pass
         self._log.close()
         if self.terminal >= 0:
