@@ -286,7 +286,9 @@ class Worker:
         return os.getppid() == self.parent_pid and pid_alive(self.spec.master_pid)
 
     def _check_recycle(self) -> None:
-        if self.slot.recycle:
+        # The recycling limits are for queue workers; a scheduler or monitor that replaced
+        # itself each time would only lose its leader lock or its metrics.
+        if self.slot.recycle or self.spec.role != "worker":
             return
         reason = ""
         if self.max_vcons and self.ctx.processed >= self.max_vcons:
