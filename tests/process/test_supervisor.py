@@ -211,3 +211,54 @@ def test_json_logs_one_object_per_line(start):
     assert all({"ts", "level", "logger", "pid", "msg"} <= set(d) for d in docs)
     assert sorted({d["worker"] for d in docs if d["role"] == "worker"}) == [1, 2]
     assert any(d["msg"].startswith("SIGTERM: draining") for d in docs)
+
+
+def test_an_idle_worker_silent_past_the_heartbeat_timeout_is_killed_and_replaced(start):
+    # CONSERVER_HEARTBEAT_TIMEOUT=2s: the default 60 s is longer than the test may take
+    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SilentTask", "CONSERVER_WORKERS": "1",
+               "CONSERVER_HEARTBEAT_TIMEOUT": "2s", "CONSERVER_GRACEFUL_TIMEOUT": "1"})
+    first = c.wait_workers(1, state="idle")[0].pid
+    log = c.wait_log(f"pid={first} was killed by SIGKILL", timeout=20)
+    assert "no heartbeat for" in log and "(state idle)" in log
+    assert "replacing it at once (killed from outside)" in log  # the supervisor's own kill is no crash
+    wait_for(lambda: [pid for pid in c.worker_titles() if pid != first], 10, what="replacement")
+
+
+def test_stragglers_are_killed_after_the_graceful_timeout(start):
+    # CONSERVER_GRACEFUL_TIMEOUT=2: the default 25 s is longer than the test may take
+    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:HangTask", "CONSERVER_WORKERS": "2",
+               "CONSERVER_GRACEFUL_TIMEOUT": "2"})
+    stuck = [w.pid for w in c.wait_workers(2, state="busy stuck-item")]
+    c.signal(signal.SIGTERM)
+    assert c.wait(20) == 0
+    log = c.log()
+    assert f"graceful timeout: killing 2 workers still running: {sorted(stuck)}" in log
+    # the scheduler and monitor drained in time; only the two stuck workers were killed
+    assert log.count("stopped after") == 2 and log.count("was killed by SIGKILL") == 2
+    wait_for(lambda: gone(stuck), 5, what="stuck workers gone")
+
+
+def test_sigint_drains_like_sigterm(start, tmp_path):
+    done = tmp_path / "done"
+    done.mkdir()
+    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
+               "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "2"})
+    w = c.wait_workers(1, state="busy slow-item")[0]
+    c.signal(signal.SIGINT)
+    assert c.wait(20) == 0
+    assert (done / str(w.pid)).read_text() == "finished"  # the item in hand was finished
+    assert "SIGINT: draining" in c.log() and "SIGKILL" not in c.log()
+
+
+def test_sigquit_stops_at_once(start, tmp_path):
+    done = tmp_path / "done"
+    done.mkdir()
+    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
+               "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "30"})
+    w = c.wait_workers(1, state="busy")[0]
+    pids = c.all_pids()
+    c.signal(signal.SIGQUIT)
+    assert c.wait(15) == 0
+    assert "SIGQUIT: stopping at once" in c.log()
+    wait_for(lambda: gone(pids), 5, what="every process gone")
+    assert not (done / str(w.pid)).exists()  # not drained: killed mid-item
