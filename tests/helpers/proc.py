@@ -122,4 +122,10 @@ def _is_worker(p: psutil.Process) -> bool:
 
 
 def gone(pids: list[int]) -> bool:
-    return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    """None of ``pids`` is running (a zombie waiting for its reaper counts as gone)."""
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # also when it ends while we look
+            return False
+    return not any(running(p) for p in pids)

@@ -46,6 +46,8 @@ def monitored(tmp_path, redis_url):
 def test_metrics_health_and_status(monitored):
     c, env, base = monitored
     cfg, queue = queue_for(env)
+    # the metrics lines count from the monitor's first snapshot: enqueue after it
+    c.wait_log("metrics processed=", timeout=20)
     enqueue_samples(queue, 500)
     queue.redis.rpush("default", "not-a-uuid")
     wait_drained(queue, 60)

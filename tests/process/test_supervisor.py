@@ -20,6 +20,15 @@ def start(start_conserver, redis_url):
     return lambda env, args=("run",): start_conserver({"CONSERVER_PIPELINE": IDLE, "REDIS_URL": redis_url, **env}, args)
 
 
+def busy_on_a_slow_item(start, tmp_path, seconds: float):
+    """One worker busy on an item that takes ``seconds``; (conserver, worker, done folder)."""
+    done = tmp_path / "done"
+    done.mkdir()
+    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
+               "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": str(seconds)})
+    return c, c.wait_workers(1, state="busy slow-item")[0], done
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_start_method_brings_up_workers_with_titles(start, method):
     c = start({"CONSERVER_WORKERS": "3", "CONSERVER_START_METHOD": method})
@@ -85,24 +94,18 @@ def test_sigterm_when_idle_ends_every_process(start):
     assert "SIGKILL" not in c.log()
 
 
-def test_sigterm_lets_a_slow_item_finish(start, tmp_path):
-    done = tmp_path / "done"
-    done.mkdir()
-    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
-               "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "2"})
-    w = c.wait_workers(1, state="busy slow-item")[0]
-    c.signal(signal.SIGTERM)
-    assert c.wait(15) == 0
-    assert (done / str(w.pid)).read_text() == "finished"
-    assert "stopped after" in c.log()
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_drain_lets_a_slow_item_finish(start, tmp_path, sig):
+    c, w, done = busy_on_a_slow_item(start, tmp_path, 2)
+    c.signal(sig)
+    assert c.wait(20) == 0
+    assert (done / str(w.pid)).read_text() == "finished"  # the item in hand was finished
+    log = c.log()
+    assert f"{sig.name}: draining" in log and "stopped after" in log and "SIGKILL" not in log
 
 
 def test_second_sigterm_stops_at_once(start, tmp_path):
-    done = tmp_path / "done"
-    done.mkdir()
-    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
-               "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "30"})
-    w = c.wait_workers(1, state="busy")[0]
+    c, w, done = busy_on_a_slow_item(start, tmp_path, 30)
     c.signal(signal.SIGTERM)
     c.wait_log("draining")
     time.sleep(DRAIN_REQUEST_GRACE + 0.2)  # sooner, it is the same request (a terminal's Ctrl-C and a wrapper)
@@ -238,24 +241,8 @@ def test_stragglers_are_killed_after_the_graceful_timeout(start):
     wait_for(lambda: gone(stuck), 5, what="stuck workers gone")
 
 
-def test_sigint_drains_like_sigterm(start, tmp_path):
-    done = tmp_path / "done"
-    done.mkdir()
-    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
-               "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "2"})
-    w = c.wait_workers(1, state="busy slow-item")[0]
-    c.signal(signal.SIGINT)
-    assert c.wait(20) == 0
-    assert (done / str(w.pid)).read_text() == "finished"  # the item in hand was finished
-    assert "SIGINT: draining" in c.log() and "SIGKILL" not in c.log()
-
-
 def test_sigquit_stops_at_once(start, tmp_path):
-    done = tmp_path / "done"
-    done.mkdir()
-    c = start({"CONSERVER_PIPELINE": "tests.helpers.tasks:SlowTask", "CONSERVER_WORKERS": "1",
-               "TEST_DONE_DIR": str(done), "TEST_SLOW_SECONDS": "30"})
-    w = c.wait_workers(1, state="busy")[0]
+    c, w, done = busy_on_a_slow_item(start, tmp_path, 30)
     pids = c.all_pids()
     c.signal(signal.SIGQUIT)
     assert c.wait(15) == 0

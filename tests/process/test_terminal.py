@@ -35,10 +35,11 @@ def test_ctrl_c_drains_1000_vcons_in_flight(start_conserver, redis_url, tmp_path
         c.signal(signal.SIGTERM)
     assert c.wait(cfg.graceful_timeout + 10) == 0, c.log()[-3000:]
     log = c.log()
-    assert "SIGINT: draining" in log
-    assert "SIGKILL" not in log and "stopping at once" not in log
-    if wrapper_sigterm:
-        assert "SIGTERM" in log and "the same request, still draining" in log
+    assert "SIGKILL" not in log and "stopping at once" not in log, log[-3000:]
+    if wrapper_sigterm:  # whichever the master saw first began the drain; the other joined it
+        assert log.count(": draining 4 processes") == 1 and "the same request, still draining" in log, log[-3000:]
+    else:
+        assert "SIGINT: draining 4 processes" in log, log[-3000:]
     depths = queue.depths()
     waiting = {v.decode() for v in queue.redis.lrange("default", 0, -1)}
     done = stored_uuids(calls)
