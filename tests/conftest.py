@@ -108,8 +108,8 @@ def start_conserver(tmp_path):
 
     started: list[Conserver] = []
 
-    def start(env: dict[str, str], args: tuple[str, ...] = ("run",)) -> Conserver:
-        c = Conserver(tmp_path, env, args)
+    def start(env: dict[str, str], args: tuple[str, ...] = ("run",), terminal: bool = False) -> Conserver:
+        c = Conserver(tmp_path, env, args, terminal=terminal)
         started.append(c)
         return c
 

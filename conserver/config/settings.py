@@ -56,9 +56,11 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
         Setting("CONSERVER_HEARTBEAT_TIMEOUT", "heartbeat_timeout", Duration("s", 1, 3600), "60",
                 "An idle worker silent for this long is treated as hung."),
         Setting("CONSERVER_MIN_UPTIME", "min_uptime", Duration("s", 0, 3600), "10",
-                "A worker that exits within CONSERVER_MIN_UPTIME counts as an early crash and is restarted\n"
-                "with backoff (0.1 s doubling to 30 s). More than CONSERVER_CRASH_LIMIT early crashes within\n"
-                "CONSERVER_CRASH_WINDOW stop the supervisor with exit code 4, so systemd/compose restart it."),
+                "A worker that dies before it reported ready, exits with the boot-error code, or ends itself\n"
+                "with an error within CONSERVER_MIN_UPTIME counts as an early crash and is restarted with\n"
+                "backoff (0.1 s doubling to 30 s). More than CONSERVER_CRASH_LIMIT early crashes within\n"
+                "CONSERVER_CRASH_WINDOW stop the supervisor with exit code 4, so systemd/compose restart it.\n"
+                "A ready worker killed from outside (SIGKILL, the OOM killer) is replaced at once, uncounted."),
         Setting("CONSERVER_CRASH_LIMIT", "crash_limit", Int(1, 10000), "10"),
         Setting("CONSERVER_CRASH_WINDOW", "crash_window", Duration("s", 1, DAY), "60"),
         Setting("CONSERVER_PIPELINE", "pipeline", ImportPath(), "conserver.tasks.pipeline:StorePipeline",

@@ -40,14 +40,40 @@ def where_they_landed(cfg: Any, uuids: list[str]) -> dict[str, Any]:
     return report
 
 
-def wait_drained(queue: Any, timeout: float) -> bool:
+def wait_drained(queue: Any, timeout: float, stop: threading.Event) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         d = queue.depths()
         if not any(d["lists"].values()) and d["processing"] == 0 and d["delayed"] == 0:
             return True
-        time.sleep(0.2)
+        stop.wait(0.2)
     return False
+
+
+def in_foreground_of_a_terminal() -> bool:
+    """True when a Ctrl-C in our terminal reaches our whole process group, ``conserver run``
+    (our child, in the same group) included."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:  # no terminal
+        return False
+
+
+def stop_child(child: subprocess.Popen, received: list[int], graceful_timeout: float) -> int:
+    """Ask ``conserver run`` to drain exactly once, and wait for it.
+
+    The terminal's SIGINT went to the child as well: sending it a SIGTERM too would look
+    like a second request (stop at once, SIGKILL every worker), so the demo sends one only
+    when the child has not been told (our own SIGTERM, or no terminal in between)."""
+    if child.poll() is not None:
+        return child.returncode
+    if not (received and received[0] == signal.SIGINT and in_foreground_of_a_terminal()):
+        child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(graceful_timeout + 15)
+    except subprocess.TimeoutExpired:
+        child.kill()
+    return child.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     print("starting a private Redis, PostgreSQL, SeaweedFS (S3) and osmem (OpenSearch API)...", flush=True)
     stack = DevStack(args.state_dir).start()
     child: subprocess.Popen | None = None
+    cfg = None
     try:
         stack.write_env_file(args.env_file)
         env = {**os.environ, **stack.env(), "CONSERVER_WORKERS": args.workers, "CONSERVER_METRICS_PORT":
@@ -83,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         queue.enqueue(cfg.ingress_lists[0], [(v["uuid"], orjson.dumps(v)) for v in vcons])
         print(f"enqueued {len(vcons)} sample vCons on {cfg.ingress_lists[0]!r}", flush=True)
-        drained = wait_drained(queue, 120)
+        drained = wait_drained(queue, 120, stop)
+        if stop.is_set():
+            print("interrupted: conserver finishes what it holds and hands back the rest", flush=True)
+            return 0 if stop_child(child, received, cfg.graceful_timeout) == 0 else 1
         took = time.monotonic() - started
         report = where_they_landed(cfg, [v["uuid"] for v in vcons])
         print(f"\n{'store':<15} {'stored':>8}  (in {took:.1f} s)")
@@ -101,12 +137,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         while not stop.is_set() and child.poll() is None:
             stop.wait(0.5)
-        return 0 if ok else 1
+        return 0 if ok and stop_child(child, received, cfg.graceful_timeout) == 0 else 1
     finally:
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(40)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        if child is not None:
+            stop_child(child, received, cfg.graceful_timeout if cfg is not None else 25.0)
         stack.stop()

@@ -15,7 +15,8 @@ unit tests drive these turns with a fake clock and fake processes.
 The supervisor holds no store client and no thread. It opens a short-lived Redis
 connection only to give a dead worker's claimed vCons back (``conserver.queue.recovery.requeue_dead_worker``), and closes it again before it forks.
 
-Signals: TERM/INT drain (a second one, or QUIT, stops at once); HUP re-reads the
+Signals: TERM/INT drain (a second one, or QUIT, stops at once; one that comes within a
+second of the first is the same request: a terminal's Ctrl-C and a wrapper's SIGTERM); HUP re-reads the
 configuration and replaces workers one at a time, the new one ready before the old one
 stops; TTIN/TTOU add/remove a worker; USR1 reopens log files.
 """
@@ -38,7 +39,7 @@ from conserver.observability.systemd import watchdog_interval
 from conserver.process.board import BUSY, EMPTY, STARTING, STATE_NAMES
 from conserver.process.environment import Environment, ProcessEnvironment
 from conserver.process.pools import PoolTargets
-from conserver.process.restarts import RestartPolicy
+from conserver.process.restarts import RestartPolicy, classify_death
 from conserver.process.table import ProcessTable, WorkerHandle
 from conserver.queue.recovery import requeue_dead_worker
 from conserver.storage import store_modules
@@ -48,6 +49,7 @@ log = logging.getLogger("conserver.process.supervisor")
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1)
 TICK = 0.2  # the longest wait of a turn: paces what workers write on the board
+DRAIN_REQUEST_GRACE = 1.0  # a TERM/INT this soon after the drain began asks for the same drain
 
 
 class Supervisor:
@@ -72,6 +74,7 @@ class Supervisor:
         self.signals: collections.deque[int] = collections.deque()
         self.stopping = False
         self.stop_deadline = 0.0
+        self.drain_requested_at = float("-inf")
         self.exit_code = ExitCode.OK
         self.ready_sent = False
         self.started = self.env.monotonic()
@@ -148,11 +151,16 @@ class Supervisor:
             sig = self.signals.popleft()
             name = signal.Signals(sig).name
             if sig in (signal.SIGTERM, signal.SIGINT):
-                if self.stopping:
+                since = self.env.monotonic() - self.drain_requested_at
+                if not self.stopping:
+                    self.begin_drain(name)
+                elif since < DRAIN_REQUEST_GRACE:
+                    # Ctrl-C reaches the whole foreground process group, and a wrapper
+                    # (make, a demo, a shell script) may send its own SIGTERM with it.
+                    log.info("%s %.2fs after the drain began: the same request, still draining", name, since)
+                else:
                     log.warning("second %s: stopping at once", name)
                     self._stop_now()
-                else:
-                    self.begin_drain(name)
             elif sig == signal.SIGQUIT:
                 log.warning("SIGQUIT: stopping at once")
                 self._stop_now()
@@ -169,6 +177,7 @@ class Supervisor:
 
     def begin_drain(self, why: str) -> None:
         self.stopping = True
+        self.drain_requested_at = self.env.monotonic()
         self.board.draining = 1
         self.stop_deadline = self.env.monotonic() + self.cfg.graceful_timeout
         log.info("%s: draining %d processes (graceful timeout %gs)", why, len(self.workers), self.cfg.graceful_timeout)
@@ -237,16 +246,18 @@ class Supervisor:
         lived = self.env.monotonic() - h.started
         if h.retiring and code == 0:
             log.info("%s pid=%d stopped after %.1fs", h.who, h.pid, lived)
+        elif h.retiring:
+            log.info("%s pid=%d %s after %.1fs", h.who, h.pid, describe_exit(code), lived)
         else:
             busy = f" while busy on {slot.current_text}" if slot.state == BUSY else ""
-            log.log(logging.INFO if h.retiring else logging.WARNING, "%s pid=%d %s after %.1fs%s",
-                    h.who, h.pid, describe_exit(code), lived, busy)
-        if not h.retiring:
+            death = classify_death(code, slot.state not in (STARTING, EMPTY), lived, self.cfg.min_uptime)
             self.restarts += 1
             self.board.restarts = self.restarts
-            delay = self.policy.died(h.key, lived, self.env.monotonic())
-            if delay:
-                log.info("restarting %s in %.2fs (it lived %.1fs)", h.who, delay, lived)
+            delay = self.policy.died(h.key, death, self.env.monotonic())
+            then = (f"restarting it in {delay:.2f}s ({death.value}: {len(self.policy.early_deaths)} of "
+                    f"CONSERVER_CRASH_LIMIT={self.cfg.crash_limit} in {self.cfg.crash_window:g}s)"
+                    if death.counts else f"replacing it at once ({death.value})")
+            log.warning("%s pid=%d %s after %.1fs%s; %s", h.who, h.pid, describe_exit(code), lived, busy, then)
         self._recover(h, slot.ident_text)
         if self.metrics_dir:  # what prometheus_client.multiprocess.mark_process_dead does
             for path in glob.glob(os.path.join(self.metrics_dir, f"gauge_live*_{h.pid}.db")):

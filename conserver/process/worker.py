@@ -25,6 +25,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from conserver.errors import ExitCode
 from conserver.observability.logging import reopen_logs, setup_logging
 from conserver.observability.titles import set_title
 from conserver.process.board import BUSY, DRAINING, EXITED, IDLE, STARTING, Board, WorkerSlot
+from conserver.queue.recovery import requeue_dead_worker
 
 log = logging.getLogger("conserver.process.worker")
 
@@ -156,6 +158,51 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+class ParentWatch:
+    """Ends an orphaned worker even while its main thread is stuck.
+
+    When the supervisor dies (``kill -9``, the OOM killer) the kernel sends us SIGTERM
+    (PR_SET_PDEATHSIG) and the loop checks the parent twice a second. Both act only
+    between two loop turns: the handler sets a flag, and a store call that never returns
+    (a hung PostgreSQL that still accepts TCP) keeps the main thread from ever reading
+    it — Python runs the handler and goes back into the same wait — while the task's
+    heartbeat thread keeps our claims safe from every orphan sweep. So this thread
+    watches too: when the parent is gone it asks for the drain, gives the main thread
+    what is left of CONSERVER_STORE_TIMEOUT to finish it, and if it does not, hands our
+    claims back to their lists (no one else will while our heartbeat lives) and ends the
+    process with ``os._exit``, the one exit a blocked thread cannot hold up.
+    """
+
+    EVERY = 0.5
+
+    def __init__(self, worker: "Worker"):
+        self.worker = worker
+        # detection (EVERY) + this grace + the hand-back stay within the store timeout
+        self.grace = max(1.0, worker.spec.config.store_timeout - 2 * self.EVERY)
+        self.thread = threading.Thread(target=self.run, name="parent-watch", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def run(self) -> None:
+        worker = self.worker
+        while worker.parent_alive():
+            time.sleep(self.EVERY)
+        worker.ctx.stopping = True
+        time.sleep(self.grace)  # a drained worker has ended the process (os._exit) by now
+        ident = worker.slot.ident_text
+        n: int | str = 0
+        if ident:
+            try:
+                n = requeue_dead_worker(worker.spec.config, ident)
+            except Exception as exc:  # Redis away: the orphan sweep does it once our heartbeat expires
+                n = f"none ({exc})"
+        log.warning("supervisor (pid %d) is gone and this worker is still busy after %.1fs: "
+                    "handed back %s claimed vCons, exiting", worker.spec.master_pid, self.grace, n)
+        logging.shutdown()
+        os._exit(ExitCode.FAILED)
+
+
 class Worker:
     """The process body: signals, the loop, recycling, and a clean exit."""
 
@@ -191,8 +238,9 @@ class Worker:
         signal.signal(signal.SIGTTIN, signal.SIG_IGN)
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
-        if not self._parent_alive():  # the parent died before PR_SET_PDEATHSIG took effect
+        if not self.parent_alive():  # the parent died before PR_SET_PDEATHSIG took effect
             raise SystemExit(ExitCode.OK)
+        ParentWatch(self).start()  # before the task opens: opening can hang too
         self.ctx._title("starting")
         self.task = load_task(self.spec.task)(self.ctx)
         self.task.open()
@@ -207,7 +255,7 @@ class Worker:
             now = time.monotonic()
             if now >= self._next_parent_check:
                 self._next_parent_check = now + 0.5
-                if not self._parent_alive():
+                if not self.parent_alive():
                     log.warning("supervisor (pid %d) is gone: draining", self.spec.master_pid)
                     self.ctx.stopping = True
                     break
@@ -233,12 +281,14 @@ class Worker:
         os._exit(ExitCode.OK)
 
     # --- checks, twice a second ---
-    def _parent_alive(self) -> bool:
+    def parent_alive(self) -> bool:
         # Reparenting means our parent (the supervisor, or the forkserver) died.
         return os.getppid() == self.parent_pid and pid_alive(self.spec.master_pid)
 
     def _check_recycle(self) -> None:
-        if self.slot.recycle:
+        # The recycling limits are for queue workers; a scheduler or monitor that replaced
+        # itself each time would only lose its leader lock or its metrics.
+        if self.slot.recycle or self.spec.role != "worker":
             return
         reason = ""
         if self.max_vcons and self.ctx.processed >= self.max_vcons:

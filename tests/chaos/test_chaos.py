@@ -1,6 +1,10 @@
 """Chaos: kills, store outages, a Redis restart, bad input and poison, at a larger scale.
 
-Each test prints one summary line: sent, stored, lost, duplicated, dead-lettered, restarts.
+Every test runs at the defaults of conf/conserver.env.example. What a test must change to
+stay within its time is passed as ``changed`` (setting -> (value, why)) and printed in its
+summary line; the crash-loop settings (CONSERVER_MIN_UPTIME, CONSERVER_CRASH_LIMIT,
+CONSERVER_CRASH_WINDOW) are never among them. Each test prints one summary line: sent,
+stored, lost, duplicated, dead-lettered, restarts, and the settings it changed.
 """
 from __future__ import annotations
 
@@ -16,15 +20,27 @@ from tests.helpers.proc import Conserver, wait_for
 from tests.helpers.stores import census, enqueue_samples, queue_for, wait_drained
 
 STORES = ("postgres", "s3", "elasticsearch")
-RESILIENT = {"CONSERVER_RETRY_BACKOFF": "200ms", "CONSERVER_RETRY_BACKOFF_MAX": "2s", "SCHEDULER_INTERVAL": "200ms",
-             "CONSERVER_STORE_RETRIES": "1", "CONSERVER_STORE_TIMEOUT": "2s", "CIRCUIT_BREAKER_THRESHOLD": "3",
-             "CIRCUIT_BREAKER_TIMEOUT": "2s", "MAX_RETRIES": "100", "CONSERVER_MIN_UPTIME": "0",
-             "CONSERVER_CRASH_LIMIT": "10000", "CONSERVER_GRACEFUL_TIMEOUT": "10", "CONSERVER_ENABLE_SCHEDULER": "true"}
+CRASH_LOOP_SETTINGS = ("CONSERVER_MIN_UPTIME", "CONSERVER_CRASH_LIMIT", "CONSERVER_CRASH_WINDOW")
+TWO_WORKERS = {"CONSERVER_WORKERS": ("2", "a killed or stalled worker leaves one working beside it")}
+# A 20 s outage, then everything stored within the test's time.
+OUTAGE_TIMING = {
+    **TWO_WORKERS,
+    "CIRCUIT_BREAKER_TIMEOUT": ("2s", "the default 60 s keeps a recovered store closed for a minute"),
+    "CONSERVER_RETRY_BACKOFF": ("200ms", "retries at 2 s doubling would wait minutes after the outage"),
+    "CONSERVER_RETRY_BACKOFF_MAX": ("2s", "likewise"),
+    "SCHEDULER_INTERVAL": ("200ms", "due retries move back sooner"),
+    "MAX_RETRIES": ("100", "half-open probes of a 20 s outage use up the default 3 retries of the probing batch"),
+}
 
 
 @pytest.fixture
 def run(start_conserver):
-    return lambda env, workers=2: start_conserver({"CONSERVER_WORKERS": str(workers), **RESILIENT, **env})
+    def start(env: dict[str, str], changed: dict[str, tuple[str, str]] = TWO_WORKERS) -> Conserver:
+        assert not set(changed) & set(CRASH_LOOP_SETTINGS) and not set(env) & set(CRASH_LOOP_SETTINGS)
+        c = start_conserver({**env, **{k: v for k, (v, _) in changed.items()}})
+        c.changed = changed
+        return c
+    return start
 
 
 def summary(name: str, sent: set[str], found: dict[str, list[str]], dead: int, c: Conserver) -> dict[str, int]:
@@ -34,7 +50,8 @@ def summary(name: str, sent: set[str], found: dict[str, list[str]], dead: int, c
     restarts = c.log().count("was killed by") + c.log().count("(exit code")  # errors.describe_exit
     figures = {"sent": len(sent), "stored": len(stored & sent), "lost": lost, "duplicated": duplicated,
                "dead_lettered": dead, "restarts": restarts}
-    print(f"\nCHAOS {name}: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    changed = "; ".join(f"{k}={v} ({why})" for k, (v, why) in getattr(c, "changed", {}).items()) or "none"
+    print(f"\nCHAOS {name}: " + " ".join(f"{k}={v}" for k, v in figures.items()) + f" | changed: {changed}")
     return figures
 
 
@@ -43,21 +60,32 @@ def census_of(env: dict[str, str]) -> dict[str, list[str]]:
 
 
 def test_kill9_a_random_worker_every_250ms(run, stack_env):
-    env = {**stack_env, "CONSERVER_BATCH_SIZE": "25"}
-    cfg, queue = queue_for(env)
-    sent = {v["uuid"] for v in enqueue_samples(queue, 5000)}
-    c = run(env, workers=3)
-    c.wait_workers(3, state="", timeout=20)
-    with killing_workers(c, seed=7) as kills:
-        wait_for(lambda: queue.depths()["lists"]["default"] == 0, 240, interval=0.5, what="the list consumed")
+    """kill -9 a random ready worker every 250 ms for 12 s. The master never exits and
+    replaces each one at once."""
+    cfg, queue = queue_for(stack_env)
+    sent = {v["uuid"] for v in enqueue_samples(queue, 3000)}
+    c = run(stack_env)
+    c.wait_log("ready: 2 workers up", timeout=30)
+    with killing_workers(c, seed=7) as victims:
+        time.sleep(12)
+    assert c.proc.poll() is None, c.log()[-3000:]
     wait_drained(queue, 120)
-    found = census_of(env)
+    found = census_of(stack_env)
     f = summary("kill9", sent, found, sum(queue.depths()["dlq"].values()), c)
-    assert kills[0] >= 8
-    assert f["lost"] == 0 and f["duplicated"] == 0 and f["stored"] == 5000
+    log = c.log()
+    assert len(victims) >= 24  # of 48 ticks: one finds no ready worker while both boot
+    for pid in victims:
+        assert f"pid={pid} was killed by SIGKILL" in log
+    assert log.count("replacing it at once (killed from outside)") == len(victims) == f["restarts"]
+    assert "restarting it in" not in log and "crash loop" not in log and c.proc.poll() is None
+    assert f["lost"] == 0 and f["duplicated"] == 0 and f["stored"] == 3000
     assert queue.depths()["processing"] == 0
-    # a vCon in flight with a worker killed 5 times would be poison; with this pace none is
-    assert f["dead_lettered"] == 0
+    # A vCon whose holder the random killer hits more than CONSERVER_MAX_DELIVERIES times is
+    # poison by the queue's definition (a kill -9 looks like a crash the vCon caused): on a
+    # loaded machine, where batches are slow, one now and then is. It is dead-lettered as
+    # poison, never lost; any other reason is a defect.
+    dead = queue.dlq_list(limit=100)
+    assert all(d["reason"] == "poison" for d in dead) and len(dead) <= 3, dead
 
 
 @pytest.mark.parametrize("store", STORES)
@@ -69,7 +97,7 @@ def test_store_outage_of_20_seconds(run, stack_env, store, pg_server, s3_server)
     server = {"postgres": pg_server, "s3": s3_server, "elasticsearch": own}[store]
     cfg, queue = queue_for(env)
     try:
-        c = run(env)
+        c = run(env, OUTAGE_TIMING)
         sent = {v["uuid"] for v in enqueue_samples(queue, 400)}
         wait_drained(queue, 60)
         server.stop()
@@ -96,7 +124,7 @@ def test_redis_restart_with_appendonly(run, stack_env, make_redis_server):
     env = {**stack_env, "REDIS_URL": redis.url, "CONSERVER_BATCH_SIZE": "20"}
     cfg, queue = queue_for(env)
     sent = {v["uuid"] for v in enqueue_samples(queue, 3000)}
-    c = run(env)
+    c = run(env, OUTAGE_TIMING)
     wait_for(lambda: queue.depths()["lists"]["default"] < 2500, 60, what="processing under way")
     redis.stop()
     time.sleep(5)
@@ -134,16 +162,21 @@ def test_bad_input_corpus_is_dead_lettered_with_the_right_reason(run, stack_env)
 
 
 def test_poison_vcon_ends_in_the_dead_letters(run, stack_env):
+    """Two vCons that segfault their worker (an error of its own: each death counts towards
+    the crash-loop limit, with backoff): each kills CONSERVER_MAX_DELIVERIES workers, then
+    it is dead-lettered as poison, and the supervisor stays up at the default limit of 10."""
     cfg, queue = queue_for(stack_env)
     vcons = enqueue_samples(queue, 500)
     poison = {vcons[37]["uuid"], vcons[311]["uuid"]}
     env = {**stack_env, "CONSERVER_STORAGES": stack_env["CONSERVER_STORAGES"] + ",tests.helpers.crash_store:CrashStore",
-           "CONSERVER_STORE_CRASH_UUIDS": ",".join(poison), "CONSERVER_MAX_DELIVERIES": "3"}
-    c = run(env)
+           "CONSERVER_STORE_CRASH_UUIDS": ",".join(poison)}
+    c = run(env, {**TWO_WORKERS, "CONSERVER_MAX_DELIVERIES": (
+        "3", "stricter than 5: 6 deaths stay within the crash limit of 10 with room for timing")})
     wait_drained(queue, 120)
     dead = queue.dlq_list()
     sent = {v["uuid"] for v in vcons} - poison
     f = summary("poison", sent, census_of(stack_env), len(dead), c)
     assert sorted((d["uuid"], d["reason"]) for d in dead) == sorted((u, "poison") for u in poison)
-    assert f["lost"] == 0 and f["duplicated"] == 0 and f["restarts"] >= 6
+    assert f["lost"] == 0 and f["duplicated"] == 0
+    assert f["restarts"] == c.log().count("was killed by SIGSEGV") == 2 * 3  # each poison, each delivery
     assert c.proc.poll() is None

@@ -137,15 +137,15 @@ def test_store_stopped_mid_run_loses_nothing_and_breaker_opens_and_closes(run, s
 
 def test_kill9_of_a_busy_worker_loses_nothing(run, stack_env):
     env = {**stack_env, "CONSERVER_STORAGES": "postgres,tests.helpers.faulty_store:FaultyStore",
-           "CONSERVER_STORE_FAULTY_MODE": "slow:0.5", "CONSERVER_BATCH_SIZE": "20", "CONSERVER_MIN_UPTIME": "0"}
+           "CONSERVER_STORE_FAULTY_MODE": "slow:0.5", "CONSERVER_BATCH_SIZE": "20"}
     cfg, queue = queue_for(env)
     vcons = enqueue_samples(queue, 200)
     c = run(env)
     victim = wait_for(lambda: next((w for w in c.workers() if " busy " in title(w.pid)), None), 30, what="a busy worker")
-    killed = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
-    c.wait_log(f"claimed by pid {victim.pid}", timeout=5)
-    assert time.monotonic() - killed < 1.5  # back in the list within a second or so of the death
+    # (how soon its claims are back is benchmarks/lifecycle.py's requeue figure)
+    log = c.wait_log(f"claimed by pid {victim.pid}", timeout=15)
+    assert f"pid={victim.pid} was killed by SIGKILL" in log and "replacing it at once" in log
     wait_drained(queue, 90)
     assert postgres_ids(cfg) == sorted(v["uuid"] for v in vcons)
 
@@ -175,14 +175,14 @@ def test_poison_vcon_is_dead_lettered_after_the_delivery_limit(run, stack_env):
     vcons = enqueue_samples(queue, 60)
     poison = vcons[10]["uuid"]
     env = {**stack_env, "CONSERVER_STORAGES": "postgres,tests.helpers.crash_store:CrashStore",
-           "CONSERVER_STORE_CRASH_UUIDS": poison, "CONSERVER_MAX_DELIVERIES": "3", "CONSERVER_MIN_UPTIME": "0"}
+           "CONSERVER_STORE_CRASH_UUIDS": poison, "CONSERVER_MAX_DELIVERIES": "3"}
     c = run(env, workers=1)
     wait_drained(queue, 60)
     dead = queue.dlq_list()
     assert [(d["uuid"], d["reason"]) for d in dead] == [(poison, "poison")]
     stored = set(postgres_ids(cfg))
     assert stored >= {v["uuid"] for v in vcons} - {poison}  # its neighbours all made it
-    assert c.log().count("was killed by SIGKILL") >= 3
+    assert c.log().count("was killed by SIGSEGV") == 3  # one death per delivery, then the dead letters
     assert c.proc.poll() is None
 
 

@@ -1,10 +1,13 @@
 """Helpers to run ``conserver`` as a real child process and watch its process tree."""
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -19,17 +22,28 @@ ROOT = Path(__file__).resolve().parents[2]
 class Conserver:
     """``conserver run`` in a child process with its own environment and a log file."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], args: tuple[str, ...] = ("run",)):
+    def __init__(self, tmp_path: Path, env: dict[str, str], args: tuple[str, ...] = ("run",),
+                 terminal: bool = False):
         self.log_path = tmp_path / f"conserver-{time.monotonic_ns()}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CONSERVER_", "REDIS_", "NOTIFY_SOCKET"))}
-        # no scheduler or monitor unless a test asks: they would talk to Redis
-        full_env.update({"PYTHONPATH": str(ROOT), "CONSERVER_ENABLE_SCHEDULER": "false",
-                         "CONSERVER_METRICS_LOG_INTERVAL": "0"})
+        # The shipped defaults, scheduler and monitor included: a test that turns one off
+        # (CONSERVER_ENABLE_SCHEDULER=false, CONSERVER_METRICS_LOG_INTERVAL=0) says why.
+        full_env.update({"PYTHONPATH": str(ROOT)})
         full_env.update(env)
         self._log = open(self.log_path, "wb")
+        self.terminal = -1  # with ``terminal``: the pseudo-terminal's controlling side
+        stdin, extra = None, {}
+        if terminal:
+            # As in an operator's shell: the pty is conserver's controlling terminal and
+            # conserver's process group (workers included) its foreground group.
+            self.terminal, stdin = pty.openpty()
+            extra = {"start_new_session": True, "preexec_fn": _take_controlling_terminal}
         self.proc = subprocess.Popen([sys.executable, "-m", "conserver", *args], env=full_env, cwd=tmp_path,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdin=stdin, stdout=self._log, stderr=subprocess.STDOUT, **extra)
+        if stdin is not None:
+            os.close(stdin)
         self.pid = self.proc.pid
+        self.seen: set[int] = set()  # every pid of its tree seen by all_pids()
 
     # --- the process tree ---
     def workers(self) -> list[psutil.Process]:
@@ -38,10 +52,13 @@ class Conserver:
             kids = psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+        self.seen.update(k.pid for k in kids)
         return [k for k in kids if _is_worker(k)]
 
     def worker_titles(self) -> dict[int, str]:
-        return {p.pid: title(p.pid) for p in self.workers()}
+        """pid -> title of the queue workers (not the scheduler or monitor)."""
+        titles = {p.pid: title(p.pid) for p in self.workers()}
+        return {pid: t for pid, t in titles.items() if t.startswith("conserver: worker")}
 
     def wait_workers(self, n: int, timeout: float = 15.0, state: str = "") -> list[psutil.Process]:
         """Wait until exactly n queue workers (not the scheduler or monitor) show ``state``."""
@@ -52,12 +69,20 @@ class Conserver:
 
     def all_pids(self) -> list[int]:
         try:
-            return [self.pid] + [k.pid for k in psutil.Process(self.pid).children(recursive=True)]
+            pids = [self.pid] + [k.pid for k in psutil.Process(self.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+        self.seen.update(pids)
+        return pids
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
+
+    def ctrl_c(self) -> None:
+        """Type Ctrl-C on the terminal: its line discipline sends SIGINT to the whole
+        foreground process group."""
+        assert os.tcgetpgrp(self.terminal) == self.pid, "conserver is not the terminal's foreground group"
+        os.write(self.terminal, b"\x03")
 
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout)
@@ -71,16 +96,24 @@ class Conserver:
 
     def stop(self) -> None:
         """Leave nothing behind, whatever state the test ended in."""
-        pids = self.all_pids()
+        pids = set(self.all_pids()) | self.seen  # orphans too, once their master is gone
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
-        for pid in pids:
+        for pid in pids - {self.pid}:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                if title(pid).startswith("conserver: "):  # not a pid reused since
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, OSError):
                 pass
         self._log.close()
+        if self.terminal >= 0:
+            os.close(self.terminal)
+            self.terminal = -1
+
+
+def _take_controlling_terminal() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # in the child, after setsid(): stdin is the pty
 
 
 def _is_worker(p: psutil.Process) -> bool:
@@ -89,4 +122,10 @@ def _is_worker(p: psutil.Process) -> bool:
 
 
 def gone(pids: list[int]) -> bool:
-    return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    """None of ``pids`` is running (a zombie waiting for its reaper counts as gone)."""
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # also when it ends while we look
+            return False
+    return not any(running(p) for p in pids)

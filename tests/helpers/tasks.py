@@ -47,3 +47,11 @@ class CrashAtStartTask(WorkerTask):
 
     def run_once(self) -> None:  # pragma: no cover - never reached
         pass
+
+
+class SilentTask(WorkerTask):
+    """Idle, then stuck outside any batch: its heartbeat stops (a deadlock in idle code)."""
+
+    def run_once(self) -> None:
+        while True:
+            time.sleep(0.1)

@@ -31,8 +31,8 @@ def test_each_pool_takes_only_its_own_lists(run, redis_url, tmp_path):
     batches = {name: {v["uuid"] for v in enqueue_samples(queue, 100, name)} for name in ("high", "normal", "low")}
     c = run(env)
     wait_drained(queue, 60)
-    titles = {w.pid: title(w.pid) for w in c.workers()}
-    assert sorted(t.split("[")[1].split("]")[0] for t in titles.values() if "worker" in t) == ["high", "high", "rest"]
+    titles = c.worker_titles()
+    assert sorted(t.split("[")[1].split("]")[0] for t in titles.values()) == ["high", "high", "rest"]
     pool_of = {pid: t.split("[")[1].split("]")[0] for pid, t in titles.items()}
     seen: dict[str, set[str]] = collections.defaultdict(set)
     for call in _calls(calls):
@@ -81,13 +81,21 @@ def test_scheduler_runs_in_exactly_one_place(run, redis_url):
            "CONSERVER_WORKERS": "1", "SCHEDULER_INTERVAL": "200ms"}
     a, b = run(env), run(env)
     off = run({**env, "CONSERVER_ENABLE_SCHEDULER": "false"})
+    for c in (a, b, off):
+        c.wait_log("ready: 1 workers up")
     for c in (a, b):
-        wait_for(lambda: any("scheduler" in title(w.pid) for w in c.workers()), 10, what="scheduler process")
-    assert not any("scheduler" in title(w.pid) for w in off.wait_workers(1))
+        assert "(and monitor, scheduler)" in c.log()
+        assert sum(title(p).startswith("conserver: scheduler") for p in c.all_pids()) == 1
+    # where it is off there is no scheduler process at all (every child's role, not only the
+    # queue workers), no scheduler log line, and the master's ready line names only the monitor
+    off_roles = sorted(title(p).split()[1] for p in off.all_pids())
+    assert off_roles == ["master", "monitor", "worker"], off_roles
+    assert "[scheduler" not in off.log() and "(and monitor)" in off.log()
     wait_for(lambda: (a.log() + b.log()).count("scheduler is now the leader") == 1, 10, what="one leader")
     leader, standby = (a, b) if "is now the leader" in a.log() else (b, a)
     leader.signal(signal.SIGTERM)  # the lock moves to the other instance
     standby.wait_log("scheduler is now the leader", timeout=20)
+    assert "is now the leader" not in off.log()
 
 
 def test_scheduler_only_mode_moves_due_retries(run, redis_url):
@@ -173,7 +181,7 @@ def test_tenant_cap_holds_across_concurrent_workers(run, redis_url, make_redis_s
     vcons = [sample_vcon(rng, tenant="acme") for _ in range(60)] + [sample_vcon(rng, tenant="small") for _ in range(20)]
     rng.shuffle(vcons)
     queue.enqueue("default", [(v["uuid"], orjson.dumps(v)) for v in vcons])
-    c = run(env)
+    run(env)
     wait_drained(queue, 120)
     m = measure.client()
     top_acme, done_acme = int(m.get("test:max:acme")), int(m.get("test:done:acme"))
@@ -212,6 +220,8 @@ def test_recycling_by_age(run, redis_url):
 
 
 def test_recycling_by_rss(run, redis_url):
+    # CONSERVER_MIN_UPTIME=1: the RSS check waits for it (10 s by default), so the test would
+    # wait 10 s per recycling; it changes no crash counting here (no worker crashes)
     env = {"REDIS_URL": redis_url, "CONSERVER_STORAGES": "null", "CONSERVER_WORKERS": "1", "CONSERVER_MAX_WORKER_RSS_MB": "1",
            "CONSERVER_MIN_UPTIME": "1"}
     c = run(env)
@@ -223,4 +233,4 @@ def test_recycling_by_rss(run, redis_url):
     import time as _time
     _time.sleep(2.5)
     assert 2 <= c.log().count("asking to be recycled: rss") <= 5
-    assert len(c.workers()) <= 2
+    assert len(c.worker_titles()) <= 2

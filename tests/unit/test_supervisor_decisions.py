@@ -20,7 +20,7 @@ import pytest
 from conserver.config import load_config
 from conserver.errors import ExitCode
 from conserver.process.board import BUSY, EXITED, IDLE, Board
-from conserver.process.restarts import BACKOFF_MAX, BACKOFF_START
+from conserver.process.restarts import BACKOFF_MAX, BACKOFF_START, Death, classify_death
 from conserver.process.supervisor import Supervisor
 
 EPOCH = 1_700_000_000.0  # the fake wall clock is the fake monotonic clock plus this
@@ -69,7 +69,8 @@ class FakeProcess:
     def exit(self, code: int) -> None:
         if self.is_alive():
             self.exitcode, self.ended_at = code, self.env.now
-            self.slot.state = EXITED
+            if code >= 0:  # a process killed by a signal writes nothing more on the board
+                self.slot.state = EXITED
 
     def die_after(self, seconds: float, code: int = ExitCode.FAILED) -> None:
         self.env.at(seconds, lambda: self.exit(code))
@@ -289,7 +290,7 @@ def test_second_sigterm_stops_at_once():
     worker.drain_seconds = 30.0
     sup.on_signal(signal.SIGTERM, None)
     sup.loop_once()
-    env.advance(env.now + 1.0)
+    env.advance(env.now + 1.5)  # past the grace in which a second request is the same one
     sup.on_signal(signal.SIGTERM, None)
     assert not sup.loop_once()
     assert worker.received == [signal.SIGTERM, signal.SIGKILL] and worker.exitcode == -signal.SIGKILL
@@ -358,3 +359,84 @@ def test_the_pool_follows_the_monitors_autoscale_target_within_its_bounds():
     turn_until(sup, lambda: queue_workers() == [1])
     retired = [p for p in env.processes if p.spec.number in (2, 3)]
     assert all(p.received == [signal.SIGTERM] and p.exitcode == 0 for p in retired) and sup.restarts == 0
+
+
+@pytest.mark.parametrize("exitcode, ready, lived, death", [
+    (-signal.SIGKILL, True, 0.3, Death.KILLED),  # the OOM killer, kill -9: at any age
+    (-signal.SIGTERM, True, 0.3, Death.KILLED),
+    (-signal.SIGKILL, False, 0.3, Death.BOOT),  # never reported ready
+    (ExitCode.BOOT_ERROR, True, 0.3, Death.BOOT),
+    (ExitCode.FAILED, True, 3.0, Death.EARLY_CRASH),  # its loop raised, within MIN_UPTIME
+    (-signal.SIGSEGV, True, 3.0, Death.EARLY_CRASH),  # a fault of its own is an error, not a kill
+    (-signal.SIGABRT, True, 3.0, Death.EARLY_CRASH),
+    (ExitCode.FAILED, True, 30.0, Death.ENDED),
+    (-signal.SIGSEGV, True, 30.0, Death.ENDED),
+    (ExitCode.OK, True, 0.5, Death.ENDED),
+])
+def test_only_boot_failures_and_early_errors_of_its_own_count_towards_the_crash_limit(exitcode, ready, lived, death):
+    got = classify_death(exitcode, ready, lived, min_uptime=10.0)
+    assert got == death
+    assert got.counts == (death in (Death.BOOT, Death.EARLY_CRASH))
+
+
+def test_ready_workers_killed_every_250ms_are_replaced_at_once_and_never_end_the_supervisor(caplog):
+    """The chaos row at the shipped defaults: kill -9 a random ready worker every 250 ms for
+    12 s (48 kills, far more than CONSERVER_CRASH_LIMIT within CONSERVER_MIN_UPTIME)."""
+    import random
+
+    env = FakeEnvironment(lambda p: p.boot(after=0.1))
+    sup = supervisor(env, workers=2)
+    turn_until(sup, lambda: sup.ready_sent)
+    rng = random.Random(7)
+    victims: list[FakeProcess] = []
+
+    def kill_one() -> None:
+        ready = [p for p in env.processes if p.is_alive() and p.slot.state == IDLE]
+        if ready:
+            victims.append(rng.choice(ready))
+            env.send_signal(victims[-1].pid, signal.SIGKILL)
+
+    began = env.now
+    for n in range(1, 49):
+        env.at(began + 0.25 * n - env.now, kill_one)
+    turn_until(sup, lambda: env.now >= began + 12.5)
+    assert len(victims) == 48 and sup.restarts == 48 and sup.exit_code == ExitCode.OK
+    assert not sup.stopping and not sup.policy.early_deaths and not sup.policy.backoff
+    for victim in victims:
+        (successor,) = [p for p in env.processes if p.spec.number == victim.spec.number
+                        and p.started_at is not None and p.started_at >= victim.ended_at
+                        and p is not victim][:1]
+        assert successor.started_at == victim.ended_at  # in the same loop turn: no backoff
+    assert len(sup.workers) == 2
+    assert caplog.text.count("was killed by SIGKILL") == 48
+    assert caplog.text.count("replacing it at once (killed from outside)") == 48
+
+
+def test_a_worker_killed_before_it_reported_ready_is_a_boot_failure_with_backoff(caplog):
+    env = FakeEnvironment(lambda p: p.boot(after=5.0))  # a slow boot
+    sup = supervisor(env)
+    (first,) = env.processes
+    env.at(1.0, lambda: env.send_signal(first.pid, signal.SIGKILL))
+    turn_until(sup, lambda: len(env.processes) == 2)
+    second = env.processes[1]
+    assert len(sup.policy.early_deaths) == 1
+    assert 0.08 <= second.started_at - first.ended_at <= 0.12
+    assert "restarting it in" in caplog.text and "(boot failure: 1 of CONSERVER_CRASH_LIMIT=10 in 60s)" in caplog.text
+
+
+def test_sigint_and_sigterm_together_are_one_drain_request(caplog):
+    """Ctrl-C in a terminal reaches the master (and a wrapper, which sends SIGTERM too)."""
+    caplog.set_level("INFO", logger="conserver")
+    env = FakeEnvironment()
+    sup = supervisor(env, workers=2)
+    turn_until(sup, lambda: sup.ready_sent)
+    for p in env.processes:
+        p.drain_seconds = 3.0
+    sup.on_signal(signal.SIGINT, None)
+    sup.loop_once()
+    env.advance(env.now + 0.3)
+    sup.on_signal(signal.SIGTERM, None)
+    assert finish(sup) == ExitCode.OK
+    assert all(p.received == [signal.SIGTERM] and p.exitcode == 0 for p in env.processes)
+    assert "SIGINT: draining 2 processes" in caplog.text
+    assert "the same request, still draining" in caplog.text and "stopping at once" not in caplog.text
