@@ -249,11 +249,17 @@ class WorkerClaims:
         """Refresh this worker's heartbeat (TTL ``heartbeat_ttl``) and registration. Beat at
         least every ttl/3: a worker without a heartbeat has its claims swept back."""
         payload = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), **(info or {})}
+        key, ttl_ms = self.keys.heartbeat(self.worker_id), int(self.settings.heartbeat_ttl * 1000)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.heartbeat(self.worker_id), orjson.dumps(payload, default=str),
-                 px=int(self.settings.heartbeat_ttl * 1000))
+        pipe.set(key, orjson.dumps(payload, default=str), px=ttl_ms)
         pipe.sadd(self.keys.workers, self.worker_id)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.exceptions.OutOfMemoryError:
+            # Over maxmemory (noeviction) Redis refuses SET but not PEXPIRE: keep the lease, so
+            # the orphan sweep leaves our claims alone, and let the caller report the outage.
+            self.redis.pexpire(key, ttl_ms)
+            raise
         self._beaten = True
 
     def retire(self) -> int:

@@ -35,6 +35,7 @@ from conserver.process.worker import WorkerTask
 from conserver.queue.claims import WorkerClaims
 from conserver.queue.client import REDIS_DOWN, make_redis, make_worker_id
 from conserver.queue.keys import DEFAULT_KEYS, KeyLayout
+from conserver.queue.outage import OutageLog
 from conserver.queue.protocol import Claim, QueueSettings
 from conserver.storage import load_sinks
 from conserver.vcon import InvalidVcon, Vcon, check_uuid, parse_vcon
@@ -44,25 +45,30 @@ T = TypeVar("T")
 
 
 class _RedisBackoff:
-    """Retry a Redis step with growing pauses while the worker is not told to stop."""
+    """Retry a Redis step with growing pauses while the worker is not told to stop; the
+    outage is logged once per interval (``outage``, shared with the heartbeat thread)."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: Any, outage: OutageLog):
         self.ctx = ctx
+        self.outage = outage
         self.failed = False  # set on any failure: see StorePipeline.give_back_lost_claims
 
     def call(self, fn: Callable[[], T], what: str, *, give_up_on_stop: bool = False) -> T | None:
         delay = 0.1
         while True:
             try:
-                return fn()
+                result = fn()
             except REDIS_DOWN as exc:
                 self.failed = True
                 if give_up_on_stop and self.ctx.stopping:
                     return None
-                log.warning("redis unavailable during %s (%s); retrying in %.1fs", what, exc, delay)
+                self.outage.failed(what, exc)
                 self.ctx.heartbeat()
                 time.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 5.0)
+                continue
+            self.outage.ok()
+            return result
 
 
 def vcon_of(claim: Claim, max_bytes: int, keys: KeyLayout = DEFAULT_KEYS) -> Vcon:
@@ -92,7 +98,8 @@ class StorePipeline(WorkerTask):
         self.redis = make_redis(cfg, client_name=f"conserver-worker-{self.ctx.number}")
         self.queue = self.open_queue()
         self.ctx.set_ident(self.queue.worker_id)
-        self.retry = _RedisBackoff(self.ctx)
+        self.outage = OutageLog(log)
+        self.retry = _RedisBackoff(self.ctx, self.outage)
         self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
         self.sinks = load_sinks(pool.storages, cfg)
         self.metrics = worker_metrics()
@@ -127,11 +134,14 @@ class StorePipeline(WorkerTask):
         return WorkerClaims(self.redis, QueueSettings.from_config(self.ctx.config, self.ctx.pool), make_worker_id())
 
     def _beat_loop(self, every: float) -> None:
+        # Whatever Redis answers, this thread goes on: it dies only with the process.
         while not self.beating.wait(every):
             try:
                 self.queue.beat(self._beat_info())
             except REDIS_DOWN as exc:
-                log.warning("redis unavailable for the heartbeat (%s)", exc)
+                self.outage.failed("the heartbeat", exc)
+            except Exception:  # a bug must not end the heartbeat silently either
+                log.exception("heartbeat failed")
 
     def _beat_info(self) -> dict[str, Any]:
         return {"pool": self.ctx.pool.name, "number": self.ctx.number, "processed": self.ctx.processed,
@@ -157,9 +167,10 @@ class StorePipeline(WorkerTask):
             claims = self.queue.claim_batch(self.tick, max_items=1 if self.isolating else None)
         except REDIS_DOWN as exc:
             self.retry.failed = True
-            log.warning("redis unavailable while claiming (%s); backing off", exc)
+            self.outage.failed("claiming", exc)
             time.sleep(min(1.0, self.tick) * random.uniform(0.5, 1.0))
             return
+        self.outage.ok()
         if not claims:
             self.isolating = False
             return
