@@ -23,7 +23,8 @@ Key layout (``KeyLayout`` defaults; vcon-server compatible where vcon-server def
                                           list, uuid, item_id
     conserver:processing:{worker}:{list}  what one worker claimed from one list, in claim order
     conserver:inflight                    hash: processing list key -> "{worker}\\n{list}"
-    conserver:deliveries                  hash: item id -> claims not yet resolved (poison counter)
+    conserver:deliveries                  hash: item id -> claims not yet resolved (poison counter;
+                                          copies of an item pushed again do not count: claim.lua)
     conserver:attempts                    hash: item id -> counted retries (defer)
     conserver:delayed                     zset: "{list}\\n{item}" scored by due time (epoch seconds)
     conserver:delayed:unreadable          list: delayed members move_due could not parse

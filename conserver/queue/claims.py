@@ -68,7 +68,7 @@ class WorkerClaims:
         self._block_max = min(5.0, timeout / 2) if timeout else 5.0
         n = len(self.ingress_lists)
         self._claim_keys = [keys.claim_token(worker_id), *self.ingress_lists,
-                            *(keys.processing(worker_id, s) for s in self.ingress_lists)]
+                            *(keys.processing(worker_id, s) for s in self.ingress_lists), keys.delayed]
         self._claim_args = [n, settings.batch_size, settings.max_deliveries, settings.max_vcon_bytes, worker_id]
         self._default_order = ",".join(str(i + 1) for i in range(n))
 
@@ -116,16 +116,18 @@ class WorkerClaims:
         """The claim script's raw reply. A re-run with the same token returns the same batch."""
         choice = self._choice
         args = [*self._claim_args, now_iso(), token, self._default_order if choice is None else choice.preference(),
-                "0" if choice is None else "1", self.settings.max_batch_bytes]
+                "0" if choice is None else "1", self.settings.max_batch_bytes, self.settings.copy_delay]
         args[1] = limit
         return self.scripts.run("claim", self._claim_keys, args)
 
     def _claim_once(self, limit: int) -> tuple[list[Claim], int]:
         self._seq += 1
-        moved, idx, flags, rows, poisoned = self._run_claim(limit, f"{self._token_base}{self._seq}")
+        moved, idx, flags, rows, poisoned, copies = self._run_claim(limit, f"{self._token_base}{self._seq}")
         if not moved:
             return [], 0
         source = self.ingress_lists[idx - 1]
+        if copies:
+            log.debug("%d copies of vCons already claimed taken as one delivery (from %s)", copies, source)
         if self._choice is not None and flags:
             self._choice.advance([f == 49 for f in flags], idx - 1)  # b"1"
         for item, deliveries in poisoned:

@@ -7,7 +7,7 @@
     recovery, lock = mq.recovery(), mq.leader_lock("scheduler", "host:2:1", ttl=5.0)
 
 It follows the rules of the Redis scripts: claim order and the batch cut, delivery counting
-and poison, store marks, retry backoff, dead-letter metadata, give-backs to the head of a
+and poison, copies of one item taken as one delivery, store marks, retry backoff, dead-letter metadata, give-backs to the head of a
 list in claim order. It leaves out what only a server has: a claim on empty lists returns at
 once instead of blocking, bodies never expire, there are no RedisJSON values, and a SCAN for
 unregistered processing lists finds nothing (every list here is registered). Time is
@@ -106,6 +106,10 @@ class MemoryQueue:
         beat = self.heartbeats.get(worker_id)
         return beat is not None and beat[0] > self.clock()
 
+    def held(self, item: bytes) -> bool:
+        """Is ``item`` in some processing list now?"""
+        return any(item in held for held in self.processing.values())
+
     def take(self, worker_id: str, source: str, item: bytes) -> bool:
         """Remove one copy of ``item`` from the worker's processing list: was it still there?"""
         held = self.processing.get((worker_id, source))
@@ -171,10 +175,17 @@ class MemoryClaims:
                 continue
             source = lists[idx]
             claims: list[Claim] = []
+            seen: set[str] = set()
             taken = size = 0
             for item in q.lists[source][:limit]:
                 taken += 1
                 iid = item_id(item)
+                if iid in seen:
+                    continue  # another copy in this batch: its first copy's claim stands for it
+                if iid in q.deliveries and q.held(item):  # a copy of one in flight waits for it
+                    q.delayed.setdefault((source, item), q.clock() + s.copy_delay)
+                    continue
+                seen.add(iid)
                 q.deliveries[iid] = deliveries = q.deliveries.get(iid, 0) + 1
                 if deliveries > s.max_deliveries:
                     q.bury(source, item, iid, "poison", f"claimed {deliveries} times and never acked, deferred or "

@@ -72,6 +72,7 @@ class QueueSettings:
     stored_ttl: int = 7 * 86400  # how long store marks of a deferred vCon live
     poll_max: float = 0.05  # idle polling of several lists: 2 ms, doubling up to this
     max_batch_bytes: int = 32 * 1024 * 1024  # bodies per claim reply
+    copy_delay: float = 1.0  # a copy of an item in flight waits this long (retried until that claim is resolved)
 
     def __post_init__(self) -> None:
         if not self.ingress_lists:

@@ -196,3 +196,32 @@ def test_leader_lock(side):
     side.wait(0.6)
     assert a.holder() is None and b.acquire() and not a.acquire()
     assert b.release() and a.acquire()
+
+
+def test_copies_of_an_item_are_one_delivery(side):
+    """A producer pushing a uuid again: copies in one batch are one claim, a copy of an item in
+    flight waits (merged into one delayed entry) until that claim is resolved, and neither
+    counts as a delivery, however many there are; a copy of one back from a dead worker counts."""
+    q = side.claims(max_deliveries=2, batch_size=50)
+    data = vcons(3)
+    for _ in range(8):
+        side.enqueue("default", data)
+    batch = q.claim_batch(0)
+    assert uuids_of(batch) == [u for u, _ in data] and [c.deliveries for c in batch] == [1, 1, 1]
+    assert side.listed() == [] and side.depths()["processing"] == 3
+    for _ in range(8):  # pushed again while in flight
+        side.enqueue("default", data)
+    assert q.claim_batch(0) == [] and side.listed() == []
+    assert side.depths()["delayed"] == 3 and side.dead() == []
+    assert q.ack(batch) == 3
+    assert side.recovery().move_due(now=time.time() + 5) == 3
+    again = q.claim_batch(0)
+    assert sorted(uuids_of(again)) == sorted(u for u, _ in data) and [c.deliveries for c in again] == [1, 1, 1]
+    side.recovery().requeue_worker(q.worker_id)  # it "crashed" holding them
+    side.enqueue("default", data[:1])
+    q.beat()
+    back = q.claim_batch(0)
+    assert [c.deliveries for c in back] == [2, 2, 2] and len(side.listed()) == 0  # the copy went with it
+    side.recovery().requeue_worker(q.worker_id)
+    q.beat()
+    assert q.claim_batch(0) == [] and [d[0] for d in side.dead()] == ["poison"] * 3

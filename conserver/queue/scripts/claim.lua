@@ -1,12 +1,32 @@
 -- Claim one batch from the first non-empty list of a preference order.
--- KEYS[1] claim-token key, KEYS[1+i] ingress list i, KEYS[1+n+i] its processing list (i = 1..n)
+-- KEYS[1] claim-token key, KEYS[1+i] ingress list i, KEYS[1+n+i] its processing list (i = 1..n),
+--   KEYS[2+2n] the delayed zset
 -- ARGV: n, batch, max_deliveries, max_bytes, worker, now (ISO), token, preference "2,1,3",
---       '1' to report which lists are non-empty (weighted choice), max bytes of bodies per batch
--- -> {moved, list index, non-empty flags, {claim rows, flat}, {poisoned {item, deliveries}}}
+--       '1' to report which lists are non-empty (weighted choice), max bytes of bodies per batch,
+--       seconds a copy of an item in flight waits
+-- -> {moved, list index, non-empty flags, {claim rows, flat}, {poisoned {item, deliveries}}, copies}
 --    claim row (7 values): item, body|nil, deliveries, status code, size, attempts, "store,store" done
 -- Hot path: a handful of calls per batch (HMGET, MGET, HSET), none per item in the common case.
+--
+-- Copies of one item (a producer pushing a uuid again) are one delivery: copies within the
+-- batch are taken as one claim (the same item, its body read once), and a copy of an item
+-- that a processing list holds right now waits in the delayed zset (merged with any copy
+-- waiting there) until that claim is resolved, so it reads the newest body then. Neither
+-- raises the delivery counter: only a claim that comes back unresolved does.
 local n, batch, maxd, maxb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local worker, now, token, maxbatch = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[10])
+local copy_delay, delayed = tonumber(ARGV[11]), KEYS[2 + 2 * n]
+
+-- is an item in a processing list now? Asked only of an item with a delivery counter: one
+-- back from a dead worker (not held) or a copy of one in flight (held)
+local held_lists
+local function held(item)
+  held_lists = held_lists or redis.call('HKEYS', INFLIGHT)
+  for _, proc in ipairs(held_lists) do
+    if redis.call('LPOS', proc, item) then return true end
+  end
+  return false
+end
 
 -- counters, attempts and bodies of a list of items, in as few calls as possible
 local function lookup(items)
@@ -52,7 +72,7 @@ if prev then
     local ids, dl, at, bodies = lookup(items)
     local out = {}
     for i, item in ipairs(items) do row(out, item, ids[i], tonumber(dl[i] or '1'), at[i], bodies[i]) end
-    return {#items, idx, '', out, {}}
+    return {#items, idx, '', out, {}, 0}
   end
 end
 
@@ -66,22 +86,34 @@ for idx in string.gmatch(ARGV[8], '%d+') do
   local items = redis.call('LRANGE', src, 0, batch - 1)
   if #items > 0 then
     local ids, dl, at, bodies = lookup(items)
-    local kept, out, poisoned, counts, sets, taken, bytes = {}, {}, {}, {}, {}, 0, 0
+    local kept, out, poisoned, seen, sets, taken, bytes, copies = {}, {}, {}, {}, {}, 0, 0, 0
+    local due
     for i, item in ipairs(items) do
       taken = i
       local id = ids[i]
-      local d = (counts[id] or tonumber(dl[i] or '0')) + 1
-      counts[id] = d
-      if d > maxd then
-        bury(src, item, id, 'poison', 'claimed ' .. d .. ' times and never acked, deferred or dead-lettered',
-             at[i] or '0', d, worker, now)
-        poisoned[#poisoned + 1] = {item, d}
+      if seen[id] then
+        copies = copies + 1  -- the claim of its first copy in this batch stands for it
+      elseif dl[i] and held(item) then
+        if not due then
+          local t = redis.call('TIME')
+          due = tonumber(t[1]) + tonumber(t[2]) / 1e6 + copy_delay
+        end
+        redis.call('ZADD', delayed, 'NX', due, src .. '\n' .. item)
+        copies = copies + 1
       else
-        kept[#kept + 1] = item
-        sets[#sets + 1] = id
-        sets[#sets + 1] = d
-        bytes = bytes + row(out, item, id, d, at[i], bodies[i])
-        if bytes >= maxbatch then break end  -- a reply of bounded size, however big the bodies
+        seen[id] = true
+        local d = tonumber(dl[i] or '0') + 1
+        if d > maxd then
+          bury(src, item, id, 'poison', 'claimed ' .. d .. ' times and never acked, deferred or dead-lettered',
+               at[i] or '0', d, worker, now)
+          poisoned[#poisoned + 1] = {item, d}
+        else
+          kept[#kept + 1] = item
+          sets[#sets + 1] = id
+          sets[#sets + 1] = d
+          bytes = bytes + row(out, item, id, d, at[i], bodies[i])
+          if bytes >= maxbatch then break end  -- a reply of bounded size, however big the bodies
+        end
       end
     end
     redis.call('LTRIM', src, taken, -1)
@@ -91,7 +123,7 @@ for idx in string.gmatch(ARGV[8], '%d+') do
       redis.call('HSET', INFLIGHT, proc, worker .. '\n' .. src)
       redis.call('SET', KEYS[1], token .. '|' .. idx .. '|' .. #kept, 'EX', 86400)
     end
-    return {taken, idx, flags, out, poisoned}
+    return {taken, idx, flags, out, poisoned, copies}
   end
 end
-return {0, 0, flags, {}, {}}
+return {0, 0, flags, {}, {}, 0}
