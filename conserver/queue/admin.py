@@ -16,7 +16,7 @@ from conserver.queue import error_log
 from conserver.queue.claims import stores_done
 from conserver.queue.client import as_text, glob_escape, item_id
 from conserver.queue.keys import DEFAULT_KEYS, KeyLayout
-from conserver.queue.protocol import producer_items
+from conserver.queue.protocol import dead_letter_uuid, escaped_excerpt, producer_items
 from conserver.queue.scripts import QueueScripts
 
 _CHUNK = 1000  # keys per MSET and per RPUSH
@@ -195,8 +195,9 @@ def _dlq_entry(name: str, item: bytes, iid: str, meta: Mapping[bytes, bytes]) ->
     entry: dict[str, Any] = {as_text(k): as_text(v) for k, v in meta.items()}
     entry.setdefault("list", name)
     entry.setdefault("item_id", iid)
-    if "uuid" not in entry:
-        entry["uuid"] = "" if item.startswith(b"{") else as_text(item)
+    if "uuid" not in entry:  # (metadata lost): bounded as the scripts bound it
+        entry["uuid"] = dead_letter_uuid(item)
+    entry.setdefault("excerpt", escaped_excerpt(item))
     for k in ("attempts", "deliveries"):
         if entry.get(k, "").isdigit():
             entry[k] = int(entry[k])

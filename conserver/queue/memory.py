@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from conserver.queue.client import item_id
-from conserver.queue.protocol import (Claim, QueueSettings, WeightedChoice, error_text, inline_uuid, mark_uuid,
-                                      now_iso, producer_items)
+from conserver.queue import error_log
+from conserver.queue.protocol import (Claim, QueueSettings, WeightedChoice, dead_letter_uuid, error_text,
+                                      escaped_excerpt, inline_uuid, mark_uuid, now_iso, producer_items)
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NONE: frozenset[str] = frozenset()
@@ -39,10 +40,6 @@ def _locked(fn: F) -> F:
         with self._lock:
             return fn(self, *args, **kwargs)
     return wrapper  # type: ignore[return-value]
-
-
-def _uuid_of(item: bytes) -> str:
-    return inline_uuid(item) if item.startswith(b"{") else item.decode(errors="replace")
 
 
 class MemoryQueue:
@@ -125,7 +122,8 @@ class MemoryQueue:
         self.dead[source].append(item)
         self.dead_meta[(source, iid)] = {
             "reason": reason, "error": error, "attempts": int(attempts), "deliveries": self.deliveries.get(iid, 0),
-            "worker": worker_id, "time": now_iso(), "list": source, "uuid": _uuid_of(item), "item_id": iid}
+            "worker": worker_id, "time": now_iso(), "list": source, "uuid": dead_letter_uuid(item), "item_id": iid,
+            "excerpt": escaped_excerpt(item)}
         self.deliveries.pop(iid, None)
         self.attempts.pop(iid, None)
 
@@ -192,7 +190,7 @@ class MemoryClaims:
                            "dead-lettered", q.attempts.get(iid, 0), self.worker_id)
                     continue
                 claims.append(self._claim(item, source, iid, deliveries))
-                size += claims[-1].size
+                size += claims[-1].size + (0 if claims[-1].inline else len(item))  # as claim.lua counts
                 if size >= s.max_batch_bytes:
                     break
             del q.lists[source][:taken]
@@ -300,8 +298,8 @@ class MemoryClaims:
 
     @_locked
     def record_error(self, uuid: str, error: str) -> None:
-        self.queue.errors[:0] = [{"time": now_iso(), "uuid": uuid, "error": error[:500]}]
-        del self.queue.errors[100:]
+        self.queue.errors[:0] = [error_log.entry(uuid, error)]
+        del self.queue.errors[error_log.KEEP:]
 
 
 class MemoryRecovery:

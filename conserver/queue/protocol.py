@@ -160,6 +160,23 @@ def log_error(error: BaseException | str | None) -> str:
     return error_text(error)[:300].replace("\n", " ")
 
 
+EXCERPT = 64  # bytes of an untrusted item that metadata keeps (scripts/common.lua: the same)
+
+
+def escaped_excerpt(data: bytes, limit: int = EXCERPT) -> str:
+    """At most ``limit`` bytes of ``data``, '\\' and every byte that is not printable ASCII
+    escaped (``\\xNN``), then how long it was: what a dead letter keeps of an untrusted item."""
+    head = "".join("\\\\" if b == 92 else chr(b) if 32 <= b <= 126 else f"\\x{b:02x}" for b in data[:limit])
+    return head + (f"... ({len(data)} bytes)" if len(data) > limit else "")
+
+
+def dead_letter_uuid(item: bytes) -> str:
+    """The ``uuid`` a dead letter's metadata keeps: the item's (an inline vCon's field), escaped,
+    or '' when it is longer than an excerpt (garbage)."""
+    raw = inline_uuid(item).encode(errors="replace") if item.startswith(b"{") else item
+    return escaped_excerpt(raw) if len(raw) <= EXCERPT else ""
+
+
 def label(text: str) -> str:
     """A uuid for a log line: control characters and non-ASCII escaped, at most 100 characters."""
     return ascii(text)[1:-1][:100]

@@ -36,7 +36,7 @@ from conserver.queue.claims import WorkerClaims
 from conserver.queue.client import REDIS_DOWN, make_redis, make_worker_id
 from conserver.queue.keys import DEFAULT_KEYS, KeyLayout
 from conserver.queue.outage import OutageLog
-from conserver.queue.protocol import Claim, QueueSettings
+from conserver.queue.protocol import Claim, QueueSettings, claim_label
 from conserver.storage import load_sinks
 from conserver.vcon import InvalidVcon, Vcon, check_uuid, parse_vcon
 
@@ -191,7 +191,7 @@ class StorePipeline(WorkerTask):
     def process(self, claims: list[Claim]) -> None:
         ctx = self.ctx
         started = time.monotonic()
-        ctx.busy(claims[0].uuid or claims[0].item_id)
+        ctx.busy(claim_label(claims[0]))  # escaped and short: the item may be megabytes of garbage
         valid: list[tuple[Claim, Vcon]] = []
         max_bytes = ctx.config.max_vcon_bytes
         for claim in claims:

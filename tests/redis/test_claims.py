@@ -356,7 +356,8 @@ def test_dead_letter_meta_contents(r, make_claims, admin):
     (c,) = q.claim_batch(0)
     assert q.dead_letter(c, "broken_json", ValueError("unexpected character " + "x" * 5000), attempts=2)
     meta = {k.decode(): v.decode() for k, v in r.hgetall(K.dlq_meta("default", c.uuid)).items()}
-    assert set(meta) == {"reason", "error", "attempts", "deliveries", "worker", "time", "list", "uuid", "item_id"}
+    assert set(meta) == {"reason", "error", "attempts", "deliveries", "worker", "time", "list", "uuid", "item_id",
+                         "excerpt"}
     assert meta["reason"] == "broken_json" and meta["attempts"] == "2" and meta["deliveries"] == "1"
     assert meta["error"].startswith("ValueError: unexpected character") and len(meta["error"]) < 2100
     assert meta["uuid"] == meta["item_id"] == c.uuid and meta["list"] == "default"

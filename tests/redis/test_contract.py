@@ -13,6 +13,7 @@ from conserver.queue.admin import QueueAdmin
 from conserver.queue.claims import WorkerClaims
 from conserver.queue.memory import MemoryQueue
 from conserver.queue.recovery import LeaderLock, Recovery
+from conserver.queue.protocol import escaped_excerpt
 from tests.redis.helpers import settings, uuids_of, vcons
 
 
@@ -225,3 +226,20 @@ def test_copies_of_an_item_are_one_delivery(side):
     side.recovery().requeue_worker(q.worker_id)
     q.beat()
     assert q.claim_batch(0) == [] and [d[0] for d in side.dead()] == ["poison"] * 3
+
+
+def test_dead_letter_metadata_of_untrusted_items_is_bounded(side):
+    """Its id, its uuid only when short, and a short excerpt escaped byte by byte: the Lua of the
+    scripts and protocol.escaped_excerpt write the same."""
+    q = side.claims(batch_size=10)
+    every_byte = bytes(range(256)) * 40
+    inline = b'{"uuid": "' + b"u" * 200 + b'", "x": "\\u0007\xc3\xa9"}'
+    side.push("default", every_byte, b"a\\x41\n\x00", inline, "../../etc/passwd")
+    for c in q.claim_batch(0):
+        assert q.dead_letter(c, "bad", "x")
+    dead = side.dead()
+    assert [d[3] for d in dead] == ["", "a\\\\x41\\x0a\\x00", "", "../../etc/passwd"]
+    expected = [escaped_excerpt(i) for i in (every_byte, b"a\\x41\n\x00", inline, b"../../etc/passwd")]
+    entries = side.q.dlq_list("default") if isinstance(side, MemorySide) else QueueAdmin(side.r, ["default"]).dlq_list()
+    assert [e["excerpt"] for e in entries] == expected
+    assert expected[0].startswith("\\x00\\x01") and expected[0].endswith("... (10240 bytes)") and len(expected[0]) < 300

@@ -111,8 +111,9 @@ for idx in string.gmatch(ARGV[8], '%d+') do
           kept[#kept + 1] = item
           sets[#sets + 1] = id
           sets[#sets + 1] = d
-          bytes = bytes + row(out, item, id, d, at[i], bodies[i])
-          if bytes >= maxbatch then break end  -- a reply of bounded size, however big the bodies
+          -- a reply of bounded size, however big the bodies (or the items: garbage can be big)
+          bytes = bytes + row(out, item, id, d, at[i], bodies[i]) + (string.byte(item, 1) == 123 and 0 or #item)
+          if bytes >= maxbatch then break end
         end
       end
     end
