@@ -11,16 +11,21 @@ One room per audience::
                   LeaderLock, requeue_dead_worker
     admin.py      operator commands: enqueue, depths, workers, dead letters, recent errors
     error_log.py  the status page's recent errors
+    outage.py     one WARNING per interval while Redis is away or refuses writes
     memory.py     the same protocol in memory, for unit tests without Redis
 
 Key layout (``KeyLayout`` defaults; vcon-server compatible where vcon-server defines it)::
 
     {list}                                ingress list of uuid strings (RPUSH by producers); an item
                                           starting with '{' is a whole vCon inline (no body key)
-    vcon:{uuid}                           the body, a JSON string (or a RedisJSON value: slow path)
+    vcon:{uuid}                           the body: a JSON string (SET), or a RedisJSON value (JSON.SET,
+                                          as vcon-server's API writes; JSON.GET inside the claim script).
+                                          Dead-lettered: TTL VCON_DLQ_EXPIRY, as vcon-server
     DLQ:{list}                            dead letters: the original items (RPUSH, as vcon-server)
     DLQ:{list}:meta:{id}                  hash: reason, error, attempts, deliveries, worker, time,
-                                          list, uuid, item_id
+                                          list, uuid (bounded), item_id, excerpt (64 bytes, escaped)
+    vcons                                 zset (VCON_SORTED_SET_NAME): `conserver enqueue` into RedisJSON
+                                          adds vcon:{uuid} scored by created_at, as vcon-server's API
     conserver:processing:{worker}:{list}  what one worker claimed from one list, in claim order
     conserver:inflight                    hash: processing list key -> "{worker}\\n{list}"
     conserver:deliveries                  hash: item id -> claims not yet resolved (poison counter;

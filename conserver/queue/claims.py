@@ -116,7 +116,8 @@ class WorkerClaims:
         """The claim script's raw reply. A re-run with the same token returns the same batch."""
         choice = self._choice
         args = [*self._claim_args, now_iso(), token, self._default_order if choice is None else choice.preference(),
-                "0" if choice is None else "1", self.settings.max_batch_bytes, self.settings.copy_delay]
+                "0" if choice is None else "1", self.settings.max_batch_bytes, self.settings.copy_delay,
+                self.settings.dlq_expiry_s]
         args[1] = limit
         return self.scripts.run("claim", self._claim_keys, args)
 
@@ -134,45 +135,25 @@ class WorkerClaims:
             log.warning("dead-lettered %s from %s: reason=poison (claimed %d times, never resolved)",
                         item_id(item) if item.startswith(b"{") else label(as_text(item)), source, deliveries)
         make = self._make_claim
-        claims = [make(rows, i, source) for i in range(0, len(rows), 7)]
-        slow = [c for c in claims if c.status == "wrongtype" or (c.inline and c.uuid)]
-        if slow:
-            self._slow_path(slow)
+        claims = [make(rows, i, source) for i in range(0, len(rows), 8)]
+        inline = [c for c in claims if c.inline and c.uuid]
+        if inline:  # store marks by the uuid inside: one more round trip, for inline vCons only
+            done = self.stores_done([c.uuid for c in inline])
+            for c in inline:
+                c.done = frozenset(done.get(c.uuid, ()))
         return claims, moved
 
     @staticmethod
     def _make_claim(rows: list, i: int, source: str) -> Claim:
-        item, body, deliveries, code, size, attempts, done = rows[i:i + 7]
+        item, body, deliveries, code, size, attempts, done, body_type = rows[i:i + 8]
         if code == 4:  # inline: the item is the vCon
             return Claim(item, source, inline_uuid(item), None, deliveries, item_id(item), attempts, _NONE,
-                         "inline", size)
+                         "inline", size, "inline")
         iid = item_id(item)
         uuid = iid if iid[0:5] != "sha1:" else item.decode(errors="replace")
         return Claim(item, source, uuid, body, deliveries, iid, attempts,
-                     frozenset(done.decode().split(",")) if done else _NONE, STATUS[code], size)
-
-    def _slow_path(self, claims: list[Claim]) -> None:
-        """Bodies stored as RedisJSON values (JSON.GET), and the store marks of inline vCons."""
-        for c in claims:
-            if c.status == "wrongtype":
-                key = self.keys.body(as_text(c.item))
-                try:
-                    body = self.redis.execute_command("JSON.GET", key)
-                except redis.ResponseError as exc:  # no RedisJSON module, or a hash/list/... there
-                    log.debug("%s is not a string and JSON.GET failed: %s", label(key), exc)
-                    continue
-                if body is None:
-                    c.status = "missing"
-                    continue
-                if isinstance(body, str):
-                    body = body.encode()
-                c.size = len(body)
-                if 0 < self.settings.max_vcon_bytes < len(body):
-                    c.status = "too_large"
-                else:
-                    c.body, c.status = body, "ok"
-            elif c.inline:
-                c.done = frozenset(self.stores_done([c.uuid]).get(c.uuid, ()))
+                     frozenset(done.decode().split(",")) if done else _NONE, STATUS[code], size,
+                     "json" if body_type == b"json" else "string")
 
     # ------------------------------------------------------------------ resolving
 
@@ -216,7 +197,7 @@ class WorkerClaims:
         ok = self.scripts.run(
             "dead_letter", [self.keys.processing(self.worker_id, claim.source)],
             [claim.item, claim.item_id, claim.source, reason, error_text(error),
-             "" if attempts is None else attempts, self.worker_id, now_iso()])
+             "" if attempts is None else attempts, self.worker_id, now_iso(), self.settings.dlq_expiry_s])
         if ok:
             log.warning("dead-lettered %s from %s: reason=%s %s", claim_label(claim), claim.source, reason,
                         log_error(error))
@@ -235,7 +216,7 @@ class WorkerClaims:
             "defer", [self.keys.processing(self.worker_id, claim.source), self.keys.delayed],
             [claim.item, claim.item_id, claim.source, "1" if count_attempt else "0", s.max_retries,
              s.retry_backoff, s.retry_backoff_max, self._rng.random(), -1 if delay is None else max(0.0, delay),
-             error_text(error), self.worker_id, now_iso()])
+             error_text(error), self.worker_id, now_iso(), s.dlq_expiry_s])
         status, attempts = res[0], res[1]
         if status == 0:
             log.warning("dead-lettered %s from %s: reason=retries_exhausted after %d attempts: %s",

@@ -45,8 +45,9 @@ class Claim:
     item_id: str = ""
     attempts: int = 0  # counted retries so far (defer)
     done: frozenset[str] = field(default_factory=frozenset)  # stores that already hold this vCon
-    status: str = "ok"  # ok, missing, too_large, wrongtype (not a string value), inline
+    status: str = "ok"  # ok, missing, too_large, wrongtype (neither a string nor RedisJSON), inline
     size: int = 0  # the body's length in Redis
+    body_type: str = "string"  # how the body is stored: "string" (SET), "json" (RedisJSON), "inline"
 
     @property
     def inline(self) -> bool:
@@ -72,6 +73,7 @@ class QueueSettings:
     stored_ttl: int = 7 * 86400  # how long store marks of a deferred vCon live
     poll_max: float = 0.05  # idle polling of several lists: 2 ms, doubling up to this
     max_batch_bytes: int = 32 * 1024 * 1024  # bodies per claim reply
+    dlq_expiry_s: int = 604800  # the TTL a dead-lettered body gets (VCON_DLQ_EXPIRY; 0: keep its own)
     copy_delay: float = 1.0  # a copy of an item in flight waits this long (retried until that claim is resolved)
 
     def __post_init__(self) -> None:
@@ -86,7 +88,7 @@ class QueueSettings:
             batch_size=config.batch_size, max_deliveries=config.max_deliveries,
             max_vcon_bytes=config.max_vcon_bytes, max_retries=config.max_retries,
             retry_backoff=config.retry_backoff, retry_backoff_max=config.retry_backoff_max,
-            heartbeat_ttl=config.worker_heartbeat_ttl,
+            heartbeat_ttl=config.worker_heartbeat_ttl, dlq_expiry_s=config.vcon_dlq_expiry,
             weights=dict(pool.weights) if pool is not None and pool.weights else None)
         return dataclasses.replace(settings, **overrides) if overrides else settings
 

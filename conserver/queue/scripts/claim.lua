@@ -3,10 +3,13 @@
 --   KEYS[2+2n] the delayed zset
 -- ARGV: n, batch, max_deliveries, max_bytes, worker, now (ISO), token, preference "2,1,3",
 --       '1' to report which lists are non-empty (weighted choice), max bytes of bodies per batch,
---       seconds a copy of an item in flight waits
+--       seconds a copy of an item in flight waits, the TTL a dead-lettered body gets (0: keep it)
 -- -> {moved, list index, non-empty flags, {claim rows, flat}, {poisoned {item, deliveries}}, copies}
---    claim row (7 values): item, body|nil, deliveries, status code, size, attempts, "store,store" done
+--    claim row (8 values): item, body|nil, deliveries, status code, size, attempts, "store,store" done,
+--    body type (string, json, inline)
 -- Hot path: a handful of calls per batch (HMGET, MGET, HSET), none per item in the common case.
+-- A body stored as RedisJSON (vcon-server's API writes them so) is a nil of MGET: TYPE, then
+-- JSON.GET here, two calls for that vCon and no round trip.
 --
 -- Copies of one item (a producer pushing a uuid again) are one delivery: copies within the
 -- batch are taken as one claim (the same item, its body read once), and a copy of an item
@@ -15,7 +18,7 @@
 -- raises the delivery counter: only a claim that comes back unresolved does.
 local n, batch, maxd, maxb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local worker, now, token, maxbatch = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[10])
-local copy_delay, delayed = tonumber(ARGV[11]), KEYS[2 + 2 * n]
+local copy_delay, delayed, dlq_expiry = tonumber(ARGV[11]), KEYS[2 + 2 * n], tonumber(ARGV[12])
 
 -- is an item in a processing list now? Asked only of an item with a delivery counter: one
 -- back from a dead worker (not held) or a copy of one in flight (held)
@@ -38,19 +41,27 @@ local function lookup(items)
   return ids, mcall('HMGET', DELIVERIES, ids), mcall('HMGET', ATTEMPTS, ids), mcall('MGET', nil, keys)
 end
 
--- append one claim row (7 values) to out; returns the body's size
+-- append one claim row (8 values) to out; returns the body's size
 local function row(out, item, id, d, att, body)
-  local k, code, size = #out, 0, 0
+  local k, code, size, btype = #out, 0, 0, 'string'
   local done = ''
   if string.byte(item, 1) == 123 then
-    code, size, body = 4, #item, false
+    code, size, body, btype = 4, #item, false, 'inline'
   else
     -- store marks can only exist after an earlier delivery (a crash, or a defer that left att)
     if id == item and (d > 1 or att) then
       done = table.concat(redis.call('HKEYS', STORED .. string.lower(item)), ',')
     end
     if not body then  -- MGET gives nil for a missing key and for a non-string value alike
-      code = redis.call('EXISTS', BODY .. item) == 1 and 3 or 1
+      local kind = redis.call('TYPE', BODY .. item).ok
+      if kind == 'ReJSON-RL' then
+        body, btype = redis.call('JSON.GET', BODY .. item), 'json'
+      else
+        code = kind == 'none' and 1 or 3
+      end
+    end
+    if not body then
+      body = false
     elseif maxb > 0 and #body > maxb then
       code, size, body = 2, #body, false
     else
@@ -58,7 +69,7 @@ local function row(out, item, id, d, att, body)
     end
   end
   out[k + 1], out[k + 2], out[k + 3], out[k + 4] = item, body, d, code
-  out[k + 5], out[k + 6], out[k + 7] = size, tonumber(att or '0'), done
+  out[k + 5], out[k + 6], out[k + 7], out[k + 8] = size, tonumber(att or '0'), done, btype
   return size
 end
 
@@ -105,7 +116,7 @@ for idx in string.gmatch(ARGV[8], '%d+') do
         local d = tonumber(dl[i] or '0') + 1
         if d > maxd then
           bury(src, item, id, 'poison', 'claimed ' .. d .. ' times and never acked, deferred or dead-lettered',
-               at[i] or '0', d, worker, now)
+               at[i] or '0', d, worker, now, dlq_expiry)
           poisoned[#poisoned + 1] = {item, d}
         else
           kept[#kept + 1] = item

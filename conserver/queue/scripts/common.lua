@@ -75,8 +75,10 @@ end
 -- the dead-letter itself: the DLQ list of src gets the original item, a meta hash sits beside
 -- it. What the meta keeps of the item is bounded, however big the item: its id, its uuid
 -- only when short (escaped), and an excerpt.
-local function bury(src, item, id, reason, err, attempts, deliveries, worker, now)
+-- The body gets ``expiry`` seconds to live (VCON_DLQ_EXPIRY, as vcon-server does; 0: as it was).
+local function bury(src, item, id, reason, err, attempts, deliveries, worker, now, expiry)
   redis.call('RPUSH', DLQ .. src, item)
+  if expiry > 0 and id == item then redis.call('EXPIRE', BODY .. item, expiry) end
   local meta = DLQ .. src .. DLQ_META .. id
   local uuid = uuid_of(item)
   redis.call('DEL', meta)
