@@ -37,6 +37,7 @@ Key layout (``KeyLayout`` defaults; vcon-server compatible where vcon-server def
     conserver:worker:{worker}             heartbeat: small JSON, expires after heartbeat_ttl
     conserver:workers                     set of registered worker ids
     conserver:claim:{worker}              the last claim's token, to make a retried claim idempotent
+    conserver:fence                       counter: fencing tokens, INCRBY once per claimed batch
     conserver:leader:{name}               LeaderLock
     conserver:errors                      list: the last 100 errors, for the status page
     conserver:tenant:{tenant}             conserver.limits: per-tenant concurrency slots
@@ -57,6 +58,13 @@ any point leaves each item in exactly one place. redis-py retries a command whos
 lost, so every script is safe to run twice: ack/defer/dead-letter act only on items they
 could still remove from the processing list, and a claim carries a token that makes its
 re-run return the same batch instead of claiming a second one.
+
+Fencing: every Claim carries ``fence``, a token larger than that of every claim made before
+it (one counter for the deployment); with copies of an item in flight held back, the newest
+claim of a uuid has its largest token, so a store that writes only over a smaller token never
+lets a stale writer (a worker paused past its heartbeat) overwrite a newer copy.
+``WorkerClaims.still_holds`` is the lease check right before writing. The guarantee and its
+limits are spelled out in claims.py.
 
 The scripts receive every key name and prefix from ``keys.py``, but they build per-item
 names (body, dead-letter meta, store marks) from those prefixes inside Lua, so this

@@ -4,6 +4,23 @@ A :class:`WorkerClaims` is bound to one worker identity (``host:pid:start-ms``):
 into that worker's processing lists, beats that worker's heartbeat, and gives back only
 what that worker holds. One claim is one round trip (EVALSHA of ``scripts/claim.lua``, the
 bodies come with it), and so is one ack of a whole batch.
+
+Fencing. Every claim carries a fencing token, ``Claim.fence``, from one counter in Redis
+(``KeyLayout.fence``, INCRBY once per batch inside the claim script): a claim made later, of
+any item, by any worker, has a larger token than every claim made before it. Because a copy
+of an item in flight is not claimed until that claim is resolved (claim.lua), and a claim a
+sweep took from a stalled worker is claimed anew, the newest claim of a uuid holds its
+largest token. A store that keeps the token beside the vCon and writes only when the new
+token is larger (PostgreSQL ``ON CONFLICT ... WHERE stored.fence < excluded.fence``,
+Elasticsearch ``version_type=external``, a conditional PUT) never lets a stale writer
+overwrite a newer copy, however long the stale one was paused. :meth:`WorkerClaims.still_holds`
+is the cheaper lease check right before writing (is the claim still in our processing list?);
+alone it narrows the window but cannot close it (a pause between the check and the write),
+which is why the guarantee rests on the token. Limits: the counter lives in Redis and must
+survive with it (AOF or a replica): a Redis that lost its data starts it again at 0, and new
+writes would then carry smaller tokens than stored ones; set ``conserver:fence`` above the
+largest stored token before workers start again. A store that does not compare tokens gets
+no protection from them.
 """
 
 from __future__ import annotations
@@ -68,7 +85,7 @@ class WorkerClaims:
         self._block_max = min(5.0, timeout / 2) if timeout else 5.0
         n = len(self.ingress_lists)
         self._claim_keys = [keys.claim_token(worker_id), *self.ingress_lists,
-                            *(keys.processing(worker_id, s) for s in self.ingress_lists), keys.delayed]
+                            *(keys.processing(worker_id, s) for s in self.ingress_lists), keys.delayed, keys.fence]
         self._claim_args = [n, settings.batch_size, settings.max_deliveries, settings.max_vcon_bytes, worker_id]
         self._default_order = ",".join(str(i + 1) for i in range(n))
 
@@ -123,7 +140,7 @@ class WorkerClaims:
 
     def _claim_once(self, limit: int) -> tuple[list[Claim], int]:
         self._seq += 1
-        moved, idx, flags, rows, poisoned, copies = self._run_claim(limit, f"{self._token_base}{self._seq}")
+        moved, idx, flags, rows, poisoned, copies, fence = self._run_claim(limit, f"{self._token_base}{self._seq}")
         if not moved:
             return [], 0
         source = self.ingress_lists[idx - 1]
@@ -136,6 +153,8 @@ class WorkerClaims:
                         item_id(item) if item.startswith(b"{") else label(as_text(item)), source, deliveries)
         make = self._make_claim
         claims = [make(rows, i, source) for i in range(0, len(rows), 8)]
+        for n, c in enumerate(claims, 1):
+            c.fence = fence + n
         inline = [c for c in claims if c.inline and c.uuid]
         if inline:  # store marks by the uuid inside: one more round trip, for inline vCons only
             done = self.stores_done([c.uuid for c in inline])
@@ -154,6 +173,16 @@ class WorkerClaims:
         return Claim(item, source, uuid, body, deliveries, iid, attempts,
                      frozenset(done.decode().split(",")) if done else _NONE, STATUS[code], size,
                      "json" if body_type == b"json" else "string")
+
+    def still_holds(self, claims: Iterable[Claim]) -> list[bool]:
+        """For each claim: is it still ours, right now (in this worker's processing list)? The
+        lease check a writer makes right before writing; see the fencing note in the module
+        docstring for what it does and does not promise. One round trip."""
+        claims = list(claims)
+        pipe = self.redis.pipeline(transaction=False)
+        for c in claims:
+            pipe.lpos(self.keys.processing(self.worker_id, c.source), c.item)
+        return [pos is not None for pos in pipe.execute()] if claims else []
 
     # ------------------------------------------------------------------ resolving
 

@@ -61,6 +61,7 @@ class MemoryQueue:
         self.workers: set[str] = set()
         self.leases: dict[str, tuple[str, float]] = {}  # lock name -> (owner, expires)
         self.errors: list[dict[str, Any]] = []  # newest first
+        self.fence = 0  # the fencing counter
 
     # ------------------------------------------------------------------ the parts
     def claims(self, settings: QueueSettings, worker_id: str) -> "MemoryClaims":
@@ -194,6 +195,9 @@ class MemoryClaims:
                 if size >= s.max_batch_bytes:
                     break
             del q.lists[source][:taken]
+            for c in claims:
+                q.fence += 1
+                c.fence = q.fence
             if claims:
                 q.processing.setdefault((self.worker_id, source), []).extend(c.item for c in claims)
             if self._choice is not None:
@@ -218,6 +222,10 @@ class MemoryClaims:
         if 0 < self.settings.max_vcon_bytes < len(body):
             return Claim(item, source, uuid, None, deliveries, iid, attempts or 0, done, "too_large", len(body))
         return Claim(item, source, uuid, body, deliveries, iid, attempts or 0, done, "ok", len(body))
+
+    @_locked
+    def still_holds(self, claims: Iterable[Claim]) -> list[bool]:
+        return [c.item in self.queue.processing.get((self.worker_id, c.source), ()) for c in claims]
 
     @_locked
     def ack(self, claims: Iterable[Claim]) -> int:

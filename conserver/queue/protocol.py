@@ -48,6 +48,7 @@ class Claim:
     status: str = "ok"  # ok, missing, too_large, wrongtype (neither a string nor RedisJSON), inline
     size: int = 0  # the body's length in Redis
     body_type: str = "string"  # how the body is stored: "string" (SET), "json" (RedisJSON), "inline"
+    fence: int = 0  # fencing token: larger for every later claim (claims.py explains the guarantee)
 
     @property
     def inline(self) -> bool:

@@ -146,6 +146,7 @@ def test_claim_rerun_after_lost_reply_returns_the_same_batch(r, make_claims, adm
     second = q._run_claim(3, "tok-1")
     assert first[0] == second[0] == 3
     assert first[3][::8] == second[3][::8] and len(first[3][::8]) == 3  # the same items
+    assert first[6] == second[6] == 0  # and the same fencing tokens (the first batch: 1, 2, 3)
     assert r.llen("default") == 6 and r.llen(K.processing(q.worker_id, "default")) == 3
     assert r.hget(K.deliveries, first[3][0]) == b"1"  # not counted twice
 

@@ -243,3 +243,21 @@ def test_dead_letter_metadata_of_untrusted_items_is_bounded(side):
     entries = side.q.dlq_list("default") if isinstance(side, MemorySide) else QueueAdmin(side.r, ["default"]).dlq_list()
     assert [e["excerpt"] for e in entries] == expected
     assert expected[0].startswith("\\x00\\x01") and expected[0].endswith("... (10240 bytes)") and len(expected[0]) < 300
+
+
+def test_fencing_tokens_grow_and_the_lease_check_sees_a_sweep(side):
+    """Every later claim has a larger token, whoever makes it; a claim a sweep took away from a
+    stalled worker is no longer held, and its next claim has a larger token than the stale one."""
+    stalled = side.claims(worker_id="stalled:1:1", heartbeat_ttl=0.5, batch_size=2)
+    other = side.claims(worker_id="other:1:1", heartbeat_ttl=30, batch_size=2)
+    side.enqueue("default", vcons(4))
+    first, second = stalled.claim_batch(0), other.claim_batch(0)
+    tokens = [c.fence for c in first + second]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 4 and tokens[0] > 0
+    assert stalled.still_holds(first) == [True, True] and other.still_holds(first) == [False, False]
+    side.wait(1.0)  # the stalled worker's heartbeat expires
+    assert side.recovery().sweep_orphans() == 2
+    assert stalled.still_holds(first) == [False, False]
+    other.beat()
+    again = other.claim_batch(0)
+    assert uuids_of(again) == uuids_of(first) and min(c.fence for c in again) > max(tokens)

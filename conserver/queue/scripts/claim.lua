@@ -1,10 +1,11 @@
 -- Claim one batch from the first non-empty list of a preference order.
 -- KEYS[1] claim-token key, KEYS[1+i] ingress list i, KEYS[1+n+i] its processing list (i = 1..n),
---   KEYS[2+2n] the delayed zset
+--   KEYS[2+2n] the delayed zset, KEYS[3+2n] the fencing counter
 -- ARGV: n, batch, max_deliveries, max_bytes, worker, now (ISO), token, preference "2,1,3",
 --       '1' to report which lists are non-empty (weighted choice), max bytes of bodies per batch,
 --       seconds a copy of an item in flight waits, the TTL a dead-lettered body gets (0: keep it)
--- -> {moved, list index, non-empty flags, {claim rows, flat}, {poisoned {item, deliveries}}, copies}
+-- -> {moved, list index, non-empty flags, {claim rows, flat}, {poisoned {item, deliveries}}, copies, fence}
+--    fence: the claims' fencing tokens are fence+1, fence+2, ... in row order (one INCRBY per batch)
 --    claim row (8 values): item, body|nil, deliveries, status code, size, attempts, "store,store" done,
 --    body type (string, json, inline)
 -- Hot path: a handful of calls per batch (HMGET, MGET, HSET), none per item in the common case.
@@ -19,6 +20,7 @@
 local n, batch, maxd, maxb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local worker, now, token, maxbatch = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[10])
 local copy_delay, delayed, dlq_expiry = tonumber(ARGV[11]), KEYS[2 + 2 * n], tonumber(ARGV[12])
+local fence_key = KEYS[3 + 2 * n]
 
 -- is an item in a processing list now? Asked only of an item with a delivery counter: one
 -- back from a dead worker (not held) or a copy of one in flight (held)
@@ -76,14 +78,14 @@ end
 -- a re-run of a claim whose reply was lost: hand back the same batch
 local prev = redis.call('GET', KEYS[1])
 if prev then
-  local tok, idx, cnt = string.match(prev, '^(.-)|(%d+)|(%d+)$')
+  local tok, idx, cnt, fence = string.match(prev, '^(.-)|(%d+)|(%d+)|(%d+)$')
   if tok == token then
     idx, cnt = tonumber(idx), tonumber(cnt)
     local items = redis.call('LRANGE', KEYS[1 + n + idx], -cnt, -1)
     local ids, dl, at, bodies = lookup(items)
     local out = {}
     for i, item in ipairs(items) do row(out, item, ids[i], tonumber(dl[i] or '1'), at[i], bodies[i]) end
-    return {#items, idx, '', out, {}, 0}
+    return {#items, idx, '', out, {}, 0, tonumber(fence)}
   end
 end
 
@@ -129,13 +131,15 @@ for idx in string.gmatch(ARGV[8], '%d+') do
       end
     end
     redis.call('LTRIM', src, taken, -1)
+    local fence = 0
     if #kept > 0 then
+      fence = redis.call('INCRBY', fence_key, #kept) - #kept
       for lo = 1, #sets, 1000 do redis.call('HSET', DELIVERIES, unpack(sets, lo, math.min(#sets, lo + 999))) end
       push_back(proc, kept)
       redis.call('HSET', INFLIGHT, proc, worker .. '\n' .. src)
-      redis.call('SET', KEYS[1], token .. '|' .. idx .. '|' .. #kept, 'EX', 86400)
+      redis.call('SET', KEYS[1], token .. '|' .. idx .. '|' .. #kept .. '|' .. fence, 'EX', 86400)
     end
-    return {taken, idx, flags, out, poisoned, copies}
+    return {taken, idx, flags, out, poisoned, copies, fence}
   end
 end
-return {0, 0, flags, {}, {}, 0}
+return {0, 0, flags, {}, {}, 0, 0}
