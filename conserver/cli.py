@@ -128,14 +128,20 @@ def cmd_enqueue(args: argparse.Namespace, cfg: Config) -> int:
             print("conserver enqueue: give FILE, DIR or - (or --sample N)", file=sys.stderr)
             return ExitCode.CONFIG_ERROR
         items = _read_vcons(args.paths)
+    # As vcon-server's API writes, when the server has RedisJSON; plain strings otherwise.
+    from conserver.queue.admin import VconServerBodies
+
+    redisjson = VconServerBodies(cfg.vcon_redis_expiry, cfg.vcon_sorted_set_name) if queue.has_redisjson() else None
     total, chunk = 0, []
     for item in items:
         chunk.append(item)
         if len(chunk) == 1000:
-            total += queue.enqueue(list_name, chunk)
+            total += queue.enqueue(list_name, chunk, redisjson=redisjson)
             chunk = []
-    total += queue.enqueue(list_name, chunk) if chunk else 0
-    print(f"enqueued {total} vCons on {list_name}")
+    total += queue.enqueue(list_name, chunk, redisjson=redisjson) if chunk else 0
+    how = (f"as RedisJSON (JSON.SET, EXPIRE {cfg.vcon_redis_expiry}s, ZADD {cfg.vcon_sorted_set_name}), as vcon-server's "
+           "API writes them" if redisjson else "as strings (SET): this Redis has no RedisJSON module")
+    print(f"enqueued {total} vCons on {list_name} {how}")
     return 0
 
 

@@ -127,6 +127,13 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "How often the scheduler moves due retries back."),
         Setting("CONSERVER_WORKER_HEARTBEAT_TTL", "worker_heartbeat_ttl", Duration("s", 1, 3600), "30s",
                 "Worker heartbeat key TTL in Redis; after it expires the orphan sweep requeues the worker's vCons."),
+        # vcon-server's names and defaults (common/settings.py), in seconds
+        Setting("VCON_REDIS_EXPIRY", "vcon_redis_expiry", Int(0, 3650 * DAY), "3600",
+                "`conserver enqueue` into RedisJSON: the body's TTL, as vcon-server's API sets it (0 = none)."),
+        Setting("VCON_DLQ_EXPIRY", "vcon_dlq_expiry", Int(0, 3650 * DAY), "604800",
+                "A dead-lettered vCon's body gets this TTL, as in vcon-server (0 = it keeps its own)."),
+        Setting("VCON_SORTED_SET_NAME", "vcon_sorted_set_name", Text(), "vcons",
+                "`conserver enqueue` into RedisJSON adds vcon:{uuid} here, scored by created_at (vcon-server's API)."),
         Setting("CONSERVER_MAX_VCON_BYTES", "max_vcon_bytes", Int(1024, 512 << 20), str(16 << 20),
                 "Larger vCons are dead-lettered with reason too_large."),
         Setting("CONSERVER_STRICT_VCON", "strict_vcon", Bool(), "false",

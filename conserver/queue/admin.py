@@ -7,6 +7,8 @@ anything, so none needs a worker identity.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -16,7 +18,7 @@ from conserver.queue import error_log
 from conserver.queue.claims import stores_done
 from conserver.queue.client import as_text, glob_escape, item_id
 from conserver.queue.keys import DEFAULT_KEYS, KeyLayout
-from conserver.queue.protocol import producer_items
+from conserver.queue.protocol import dead_letter_uuid, escaped_excerpt, producer_items
 from conserver.queue.scripts import QueueScripts
 
 _CHUNK = 1000  # keys per MSET and per RPUSH
@@ -33,22 +35,35 @@ class QueueAdmin:
 
     # ------------------------------------------------------------------ producing
 
-    def enqueue(self, list_name: str, vcons: Iterable[tuple[str, bytes | str | dict]]) -> int:
+    def enqueue(self, list_name: str, vcons: Iterable[tuple[str, bytes | str | dict]], *,
+                redisjson: VconServerBodies | None = None) -> int:
         """Store bodies at the body key of each uuid and RPUSH the uuids, all in one MULTI/EXEC
-        (as a vcon-server producer would, but atomically). Returns how many were pushed."""
+        (as a vcon-server producer would, but atomically). Plain strings (SET), or with
+        ``redisjson`` the way vcon-server's API writes (api/api.py ``post_vcon``): JSON.SET,
+        EXPIRE, and ZADD to its sorted set scored by created_at. Returns how many were pushed."""
         pairs = producer_items(vcons)
         if not pairs:
             return 0
-        bodies = {self.keys.body(uuid): body for uuid, body in pairs}
         uuids = [uuid for uuid, _ in pairs]
         pipe = self.redis.pipeline(transaction=True)
-        items = list(bodies.items())
-        for lo in range(0, len(items), _CHUNK):
-            pipe.mset(dict(items[lo:lo + _CHUNK]))
+        if redisjson is None:
+            items = [(self.keys.body(uuid), body) for uuid, body in pairs]
+            for lo in range(0, len(items), _CHUNK):
+                pipe.mset(dict(items[lo:lo + _CHUNK]))
+        else:
+            redisjson.write(pipe, [(self.keys.body(uuid), body) for uuid, body in pairs])
         for lo in range(0, len(uuids), _CHUNK):
             pipe.rpush(list_name, *uuids[lo:lo + _CHUNK])
         pipe.execute()
         return len(uuids)
+
+    def has_redisjson(self) -> bool:
+        """Does the server have the RedisJSON module (JSON.* commands)?"""
+        try:
+            self.redis.execute_command("JSON.TYPE", self.keys.body("conserver-probe"))
+        except redis.ResponseError:  # unknown command
+            return False
+        return True
 
     # ------------------------------------------------------------------ looking
 
@@ -202,12 +217,45 @@ class QueueAdmin:
         return None
 
 
+@dataclass(frozen=True)
+class VconServerBodies:
+    """Bodies as vcon-server's API writes them: ``JSON.SET key $ body``, ``EXPIRE key expiry``
+    (VCON_REDIS_EXPIRY; 0: none) and ``ZADD sorted_set {key: created_at}`` (VCON_SORTED_SET_NAME),
+    the score as vcon-server computes it: ``int(datetime.fromisoformat(created_at).timestamp())``."""
+
+    expiry: int = 3600
+    sorted_set: str = "vcons"
+
+    def write(self, pipe: Any, items: list[tuple[str, bytes]]) -> None:
+        scores: dict[str, int] = {}
+        for key, body in items:
+            pipe.execute_command("JSON.SET", key, "$", body)
+            if self.expiry > 0:
+                pipe.expire(key, self.expiry)
+            score = created_at_score(body)
+            if score is not None:
+                scores[key] = score
+        if scores:
+            pipe.zadd(self.sorted_set, scores)
+
+
+def created_at_score(body: bytes) -> int | None:
+    """vcon-server's sorted-set score of a vCon: its created_at as epoch seconds (a time without
+    offset read as local time, as Python's fromisoformat does); None when it has none."""
+    try:
+        created = orjson.loads(body).get("created_at")
+        return int(datetime.fromisoformat(str(created)).timestamp()) if created else None
+    except (orjson.JSONDecodeError, AttributeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def _dlq_entry(name: str, item: bytes, iid: str, meta: Mapping[bytes, bytes]) -> dict[str, Any]:
     entry: dict[str, Any] = {as_text(k): as_text(v) for k, v in meta.items()}
     entry.setdefault("list", name)
     entry.setdefault("item_id", iid)
-    if "uuid" not in entry:
-        entry["uuid"] = "" if item.startswith(b"{") else as_text(item)
+    if "uuid" not in entry:  # (metadata lost): bounded as the scripts bound it
+        entry["uuid"] = dead_letter_uuid(item)
+    entry.setdefault("excerpt", escaped_excerpt(item))
     for k in ("attempts", "deliveries"):
         if entry.get(k, "").isdigit():
             entry[k] = int(entry[k])

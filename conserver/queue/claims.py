@@ -4,6 +4,23 @@ A :class:`WorkerClaims` is bound to one worker identity (``host:pid:start-ms``):
 into that worker's processing lists, beats that worker's heartbeat, and gives back only
 what that worker holds. One claim is one round trip (EVALSHA of ``scripts/claim.lua``, the
 bodies come with it), and so is one ack of a whole batch.
+
+Fencing. Every claim carries a fencing token, ``Claim.fence``, from one counter in Redis
+(``KeyLayout.fence``, INCRBY once per batch inside the claim script): a claim made later, of
+any item, by any worker, has a larger token than every claim made before it. Because a copy
+of an item in flight is not claimed until that claim is resolved (claim.lua), and a claim a
+sweep took from a stalled worker is claimed anew, the newest claim of a uuid holds its
+largest token. A store that keeps the token beside the vCon and writes only when the new
+token is larger (PostgreSQL ``ON CONFLICT ... WHERE stored.fence < excluded.fence``,
+Elasticsearch ``version_type=external``, a conditional PUT) never lets a stale writer
+overwrite a newer copy, however long the stale one was paused. :meth:`WorkerClaims.still_holds`
+is the cheaper lease check right before writing (is the claim still in our processing list?);
+alone it narrows the window but cannot close it (a pause between the check and the write),
+which is why the guarantee rests on the token. Limits: the counter lives in Redis and must
+survive with it (AOF or a replica): a Redis that lost its data starts it again at 0, and new
+writes would then carry smaller tokens than stored ones; set ``conserver:fence`` above the
+largest stored token before workers start again. A store that does not compare tokens gets
+no protection from them.
 """
 
 from __future__ import annotations
@@ -68,7 +85,7 @@ class WorkerClaims:
         self._block_max = min(5.0, timeout / 2) if timeout else 5.0
         n = len(self.ingress_lists)
         self._claim_keys = [keys.claim_token(worker_id), *self.ingress_lists,
-                            *(keys.processing(worker_id, s) for s in self.ingress_lists)]
+                            *(keys.processing(worker_id, s) for s in self.ingress_lists), keys.delayed, keys.fence]
         self._claim_args = [n, settings.batch_size, settings.max_deliveries, settings.max_vcon_bytes, worker_id]
         self._default_order = ",".join(str(i + 1) for i in range(n))
 
@@ -116,62 +133,56 @@ class WorkerClaims:
         """The claim script's raw reply. A re-run with the same token returns the same batch."""
         choice = self._choice
         args = [*self._claim_args, now_iso(), token, self._default_order if choice is None else choice.preference(),
-                "0" if choice is None else "1", self.settings.max_batch_bytes]
+                "0" if choice is None else "1", self.settings.max_batch_bytes, self.settings.copy_delay,
+                self.settings.dlq_expiry_s]
         args[1] = limit
         return self.scripts.run("claim", self._claim_keys, args)
 
     def _claim_once(self, limit: int) -> tuple[list[Claim], int]:
         self._seq += 1
-        moved, idx, flags, rows, poisoned = self._run_claim(limit, f"{self._token_base}{self._seq}")
+        moved, idx, flags, rows, poisoned, copies, fence = self._run_claim(limit, f"{self._token_base}{self._seq}")
         if not moved:
             return [], 0
         source = self.ingress_lists[idx - 1]
+        if copies:
+            log.debug("%d copies of vCons already claimed taken as one delivery (from %s)", copies, source)
         if self._choice is not None and flags:
             self._choice.advance([f == 49 for f in flags], idx - 1)  # b"1"
         for item, deliveries in poisoned:
             log.warning("dead-lettered %s from %s: reason=poison (claimed %d times, never resolved)",
                         item_id(item) if item.startswith(b"{") else label(as_text(item)), source, deliveries)
         make = self._make_claim
-        claims = [make(rows, i, source) for i in range(0, len(rows), 7)]
-        slow = [c for c in claims if c.status == "wrongtype" or (c.inline and c.uuid)]
-        if slow:
-            self._slow_path(slow)
+        claims = [make(rows, i, source) for i in range(0, len(rows), 8)]
+        for n, c in enumerate(claims, 1):
+            c.fence = fence + n
+        inline = [c for c in claims if c.inline and c.uuid]
+        if inline:  # store marks by the uuid inside: one more round trip, for inline vCons only
+            done = self.stores_done([c.uuid for c in inline])
+            for c in inline:
+                c.done = frozenset(done.get(c.uuid, ()))
         return claims, moved
 
     @staticmethod
     def _make_claim(rows: list, i: int, source: str) -> Claim:
-        item, body, deliveries, code, size, attempts, done = rows[i:i + 7]
+        item, body, deliveries, code, size, attempts, done, body_type = rows[i:i + 8]
         if code == 4:  # inline: the item is the vCon
             return Claim(item, source, inline_uuid(item), None, deliveries, item_id(item), attempts, _NONE,
                          "inline", size, "inline")
         iid = item_id(item)
         uuid = iid if iid[0:5] != "sha1:" else item.decode(errors="replace")
         return Claim(item, source, uuid, body, deliveries, iid, attempts,
-                     frozenset(done.decode().split(",")) if done else _NONE, STATUS[code], size)
+                     frozenset(done.decode().split(",")) if done else _NONE, STATUS[code], size,
+                     "json" if body_type == b"json" else "string")
 
-    def _slow_path(self, claims: list[Claim]) -> None:
-        """Bodies stored as RedisJSON values (JSON.GET), and the store marks of inline vCons."""
+    def still_holds(self, claims: Iterable[Claim]) -> list[bool]:
+        """For each claim: is it still ours, right now (in this worker's processing list)? The
+        lease check a writer makes right before writing; see the fencing note in the module
+        docstring for what it does and does not promise. One round trip."""
+        claims = list(claims)
+        pipe = self.redis.pipeline(transaction=False)
         for c in claims:
-            if c.status == "wrongtype":
-                key = self.keys.body(as_text(c.item))
-                try:
-                    body = self.redis.execute_command("JSON.GET", key)
-                except redis.ResponseError as exc:  # no RedisJSON module, or a hash/list/... there
-                    log.debug("%s is not a string and JSON.GET failed: %s", label(key), exc)
-                    continue
-                if body is None:
-                    c.status = "missing"
-                    continue
-                if isinstance(body, str):
-                    body = body.encode()
-                c.size = len(body)
-                c.body_type = "json"
-                if 0 < self.settings.max_vcon_bytes < len(body):
-                    c.status = "too_large"
-                else:
-                    c.body, c.status = body, "ok"
-            elif c.inline:
-                c.done = frozenset(self.stores_done([c.uuid]).get(c.uuid, ()))
+            pipe.lpos(self.keys.processing(self.worker_id, c.source), c.item)
+        return [pos is not None for pos in pipe.execute()] if claims else []
 
     # ------------------------------------------------------------------ resolving
 
@@ -234,7 +245,7 @@ class WorkerClaims:
         ok = self.scripts.run(
             "dead_letter", [self.keys.processing(self.worker_id, claim.source)],
             [claim.item, claim.item_id, claim.source, reason, error_text(error),
-             "" if attempts is None else attempts, self.worker_id, now_iso()])
+             "" if attempts is None else attempts, self.worker_id, now_iso(), self.settings.dlq_expiry_s])
         if ok:
             log.warning("dead-lettered %s from %s: reason=%s %s", claim_label(claim), claim.source, reason,
                         log_error(error))
@@ -253,7 +264,7 @@ class WorkerClaims:
             "defer", [self.keys.processing(self.worker_id, claim.source), self.keys.delayed],
             [claim.item, claim.item_id, claim.source, "1" if count_attempt else "0", s.max_retries,
              s.retry_backoff, s.retry_backoff_max, self._rng.random(), -1 if delay is None else max(0.0, delay),
-             error_text(error), self.worker_id, now_iso()])
+             error_text(error), self.worker_id, now_iso(), s.dlq_expiry_s])
         status, attempts = res[0], res[1]
         if status == 0:
             log.warning("dead-lettered %s from %s: reason=retries_exhausted after %d attempts: %s",
@@ -269,11 +280,17 @@ class WorkerClaims:
         """Refresh this worker's heartbeat (TTL ``heartbeat_ttl``) and registration. Beat at
         least every ttl/3: a worker without a heartbeat has its claims swept back."""
         payload = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), **(info or {})}
+        key, ttl_ms = self.keys.heartbeat(self.worker_id), int(self.settings.heartbeat_ttl * 1000)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.keys.heartbeat(self.worker_id), orjson.dumps(payload, default=str),
-                 px=int(self.settings.heartbeat_ttl * 1000))
+        pipe.set(key, orjson.dumps(payload, default=str), px=ttl_ms)
         pipe.sadd(self.keys.workers, self.worker_id)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.exceptions.OutOfMemoryError:
+            # Over maxmemory (noeviction) Redis refuses SET but not PEXPIRE: keep the lease, so
+            # the orphan sweep leaves our claims alone, and let the caller report the outage.
+            self.redis.pexpire(key, ttl_ms)
+            raise
         self._beaten = True
 
     def retire(self) -> int:

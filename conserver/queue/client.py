@@ -13,11 +13,36 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.connection import DefaultParser
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-# Redis restarting, failing over or unreachable: wait and retry, never blame a vCon for it.
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+
+class RedisMisconfigured(redis.ResponseError):
+    """MISCONF: the server could not write its snapshot and refuses writes until it can."""
+
+
+class RedisBusy(redis.ResponseError):
+    """BUSY: a long script or module call holds the server."""
+
+
+class ReplyParser(DefaultParser):  # type: ignore[misc, valid-type]
+    """redis-py's parser (hiredis when installed), knowing two more refusals by their code, so
+    that they can be told from errors of a command. A script passes the code of a refused
+    call on (``OOM ... script: <sha>``), so they read the same from inside Lua."""
+
+    EXCEPTION_CLASSES = {**DefaultParser.EXCEPTION_CLASSES, "MISCONF": RedisMisconfigured, "BUSY": RedisBusy}
+
+
+# Redis away or refusing writes for a while: restarting or unreachable (connection errors,
+# timeouts), LOADING its dataset, OOM (maxmemory with noeviction), READONLY (a replica, after a
+# failover), MISCONF (a failed snapshot), BUSY, MASTERDOWN, TRYAGAIN. All of them are an outage:
+# wait and retry, never blame a vCon, never end a worker for it. (Only the clients of make_redis
+# know MISCONF and BUSY.)
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError, redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError, RedisMisconfigured, RedisBusy, redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError)
 
 # A list item that can be a key part as it is (every uuid); anything else is hashed.
 SAFE_ID = re.compile(rb"[0-9A-Za-z_\-]{1,64}\Z")
@@ -52,6 +77,7 @@ def make_redis(config: Any, *, client_name: str | None = None, socket_timeout: f
         retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries),
         decode_responses=False,
         client_name=client_name,
+        parser_class=ReplyParser,
     )
     if not config.redis_sentinels:
         return redis.Redis.from_url(config.redis_url, **common)

@@ -11,13 +11,24 @@ import orjson
 import redis
 
 from conserver.queue.keys import DEFAULT_KEYS, KeyLayout
+from conserver.queue.protocol import label
 
 KEEP = 100
 
 
+MAX_ERROR = 500  # characters of an error kept
+
+
+def entry(uuid: str, error: str) -> dict[str, Any]:
+    """One entry, bounded whatever the input: the uuid as a log line shows it (escaped, at most
+    100 characters: it may be an untrusted item of megabytes) and the error's first 500
+    characters, so the list holds at most KEEP x ~1 KB."""
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "uuid": label(uuid),
+            "error": error[:MAX_ERROR], "pid": os.getpid()}
+
+
 def record_error(redis_client: redis.Redis, uuid: str, error: str, keys: KeyLayout = DEFAULT_KEYS) -> None:
-    doc = orjson.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "uuid": uuid,
-                        "error": error[:500], "pid": os.getpid()})
+    doc = orjson.dumps(entry(uuid, error))
     pipe = redis_client.pipeline(transaction=False)
     pipe.lpush(keys.errors, doc)
     pipe.ltrim(keys.errors, 0, KEEP - 1)

@@ -40,6 +40,11 @@ class KeyLayout:
         return self.delayed + ":unreadable"
 
     @property
+    def fence(self) -> str:
+        """The fencing counter: every claim takes the next token (claims.py, WorkerClaims)."""
+        return self.namespace + "fence"
+
+    @property
     def inflight(self) -> str:
         return self.namespace + "inflight"
 

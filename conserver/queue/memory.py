@@ -7,7 +7,7 @@
     recovery, lock = mq.recovery(), mq.leader_lock("scheduler", "host:2:1", ttl=5.0)
 
 It follows the rules of the Redis scripts: claim order and the batch cut, delivery counting
-and poison, store marks, retry backoff, dead-letter metadata, give-backs to the head of a
+and poison, copies of one item taken as one delivery, store marks, retry backoff, dead-letter metadata, give-backs to the head of a
 list in claim order. It leaves out what only a server has: a claim on empty lists returns at
 once instead of blocking, bodies never expire, there are no RedisJSON values, and a SCAN for
 unregistered processing lists finds nothing (every list here is registered). Time is
@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from conserver.queue.client import item_id
-from conserver.queue.protocol import (AckEffect, Claim, QueueSettings, WeightedChoice, error_text, inline_uuid, mark_uuid,
-                                      now_iso, producer_items)
+from conserver.queue import error_log
+from conserver.queue.protocol import (AckEffect, Claim, QueueSettings, WeightedChoice, dead_letter_uuid, error_text,
+                                      escaped_excerpt, inline_uuid, mark_uuid, now_iso, producer_items)
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NONE: frozenset[str] = frozenset()
@@ -39,10 +40,6 @@ def _locked(fn: F) -> F:
         with self._lock:
             return fn(self, *args, **kwargs)
     return wrapper  # type: ignore[return-value]
-
-
-def _uuid_of(item: bytes) -> str:
-    return inline_uuid(item) if item.startswith(b"{") else item.decode(errors="replace")
 
 
 class MemoryQueue:
@@ -66,6 +63,7 @@ class MemoryQueue:
         self.workers: set[str] = set()
         self.leases: dict[str, tuple[str, float]] = {}  # lock name -> (owner, expires)
         self.errors: list[dict[str, Any]] = []  # newest first
+        self.fence = 0  # the fencing counter
 
     # ------------------------------------------------------------------ the parts
     def claims(self, settings: QueueSettings, worker_id: str) -> "MemoryClaims":
@@ -108,6 +106,10 @@ class MemoryQueue:
         beat = self.heartbeats.get(worker_id)
         return beat is not None and beat[0] > self.clock()
 
+    def held(self, item: bytes) -> bool:
+        """Is ``item`` in some processing list now?"""
+        return any(item in held for held in self.processing.values())
+
     def take(self, worker_id: str, source: str, item: bytes) -> bool:
         """Remove one copy of ``item`` from the worker's processing list: was it still there?"""
         held = self.processing.get((worker_id, source))
@@ -123,7 +125,8 @@ class MemoryQueue:
         self.dead[source].append(item)
         self.dead_meta[(source, iid)] = {
             "reason": reason, "error": error, "attempts": int(attempts), "deliveries": self.deliveries.get(iid, 0),
-            "worker": worker_id, "time": now_iso(), "list": source, "uuid": _uuid_of(item), "item_id": iid}
+            "worker": worker_id, "time": now_iso(), "list": source, "uuid": dead_letter_uuid(item), "item_id": iid,
+            "excerpt": escaped_excerpt(item)}
         self.deliveries.pop(iid, None)
         self.attempts.pop(iid, None)
 
@@ -185,20 +188,30 @@ class MemoryClaims:
                 continue
             source = lists[idx]
             claims: list[Claim] = []
+            seen: set[str] = set()
             taken = size = 0
             for item in q.lists[source][:limit]:
                 taken += 1
                 iid = item_id(item)
+                if iid in seen:
+                    continue  # another copy in this batch: its first copy's claim stands for it
+                if iid in q.deliveries and q.held(item):  # a copy of one in flight waits for it
+                    q.delayed.setdefault((source, item), q.clock() + s.copy_delay)
+                    continue
+                seen.add(iid)
                 q.deliveries[iid] = deliveries = q.deliveries.get(iid, 0) + 1
                 if deliveries > s.max_deliveries:
                     q.bury(source, item, iid, "poison", f"claimed {deliveries} times and never acked, deferred or "
                            "dead-lettered", q.attempts.get(iid, 0), self.worker_id)
                     continue
                 claims.append(self._claim(item, source, iid, deliveries))
-                size += claims[-1].size
+                size += claims[-1].size + (0 if claims[-1].inline else len(item))  # as claim.lua counts
                 if size >= s.max_batch_bytes:
                     break
             del q.lists[source][:taken]
+            for c in claims:
+                q.fence += 1
+                c.fence = q.fence
             if claims:
                 q.processing.setdefault((self.worker_id, source), []).extend(c.item for c in claims)
             if self._choice is not None:
@@ -224,6 +237,10 @@ class MemoryClaims:
             return Claim(item, source, uuid, None, deliveries, iid, attempts or 0, done, "too_large", len(body))
         return Claim(item, source, uuid, body, deliveries, iid, attempts or 0, done, "ok", len(body),
                      self.queue.body_types.get(text, "string"))
+
+    @_locked
+    def still_holds(self, claims: Iterable[Claim]) -> list[bool]:
+        return [c.item in self.queue.processing.get((self.worker_id, c.source), ()) for c in claims]
 
     @_locked
     def ack(self, claims: Iterable[Claim], effects: Mapping[str, Iterable[AckEffect]] | None = None) -> int:
@@ -310,8 +327,8 @@ class MemoryClaims:
 
     @_locked
     def record_error(self, uuid: str, error: str) -> None:
-        self.queue.errors[:0] = [{"time": now_iso(), "uuid": uuid, "error": error[:500]}]
-        del self.queue.errors[100:]
+        self.queue.errors[:0] = [error_log.entry(uuid, error)]
+        del self.queue.errors[error_log.KEEP:]
 
 
 class MemoryRecovery:

@@ -46,9 +46,10 @@ class Claim:
     item_id: str = ""
     attempts: int = 0  # counted retries so far (defer)
     done: frozenset[str] = field(default_factory=frozenset)  # stores that already hold this vCon
-    status: str = "ok"  # ok, missing, too_large, wrongtype (not a string value), inline
+    status: str = "ok"  # ok, missing, too_large, wrongtype (neither a string nor RedisJSON), inline
     size: int = 0  # the body's length in Redis
-    body_type: str = "string"  # how the body is held: "string" (GET), "json" (RedisJSON), "inline" (the item)
+    body_type: str = "string"  # how the body is stored: "string" (SET), "json" (RedisJSON), "inline"
+    fence: int = 0  # fencing token: larger for every later claim (claims.py explains the guarantee)
 
     @property
     def inline(self) -> bool:
@@ -92,6 +93,8 @@ class QueueSettings:
     stored_ttl: int = 7 * 86400  # how long store marks of a deferred vCon live
     poll_max: float = 0.05  # idle polling of several lists: 2 ms, doubling up to this
     max_batch_bytes: int = 32 * 1024 * 1024  # bodies per claim reply
+    dlq_expiry_s: int = 604800  # the TTL a dead-lettered body gets (VCON_DLQ_EXPIRY; 0: keep its own)
+    copy_delay: float = 1.0  # a copy of an item in flight waits this long (retried until that claim is resolved)
 
     def __post_init__(self) -> None:
         if not self.ingress_lists:
@@ -105,7 +108,7 @@ class QueueSettings:
             batch_size=config.batch_size, max_deliveries=config.max_deliveries,
             max_vcon_bytes=config.max_vcon_bytes, max_retries=config.max_retries,
             retry_backoff=config.retry_backoff, retry_backoff_max=config.retry_backoff_max,
-            heartbeat_ttl=config.worker_heartbeat_ttl,
+            heartbeat_ttl=config.worker_heartbeat_ttl, dlq_expiry_s=config.vcon_dlq_expiry,
             weights=dict(pool.weights) if pool is not None and pool.weights else None)
         return dataclasses.replace(settings, **overrides) if overrides else settings
 
@@ -177,6 +180,23 @@ def error_text(error: BaseException | str | None) -> str:
 
 def log_error(error: BaseException | str | None) -> str:
     return untrusted(error_text(error), 300)
+
+
+EXCERPT = 64  # bytes of an untrusted item that metadata keeps (scripts/common.lua: the same)
+
+
+def escaped_excerpt(data: bytes, limit: int = EXCERPT) -> str:
+    """At most ``limit`` bytes of ``data``, '\\' and every byte that is not printable ASCII
+    escaped (``\\xNN``), then how long it was: what a dead letter keeps of an untrusted item."""
+    head = "".join("\\\\" if b == 92 else chr(b) if 32 <= b <= 126 else f"\\x{b:02x}" for b in data[:limit])
+    return head + (f"... ({len(data)} bytes)" if len(data) > limit else "")
+
+
+def dead_letter_uuid(item: bytes) -> str:
+    """The ``uuid`` a dead letter's metadata keeps: the item's (an inline vCon's field), escaped,
+    or '' when it is longer than an excerpt (garbage)."""
+    raw = inline_uuid(item).encode(errors="replace") if item.startswith(b"{") else item
+    return escaped_excerpt(raw) if len(raw) <= EXCERPT else ""
 
 
 def label(text: str) -> str:

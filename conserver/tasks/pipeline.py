@@ -41,7 +41,8 @@ from conserver.process.worker import WorkerTask
 from conserver.queue.claims import WorkerClaims
 from conserver.queue.client import REDIS_DOWN, make_redis, make_worker_id
 from conserver.queue.keys import DEFAULT_KEYS, KeyLayout
-from conserver.queue.protocol import AckEffect, Claim, QueueSettings
+from conserver.queue.outage import OutageLog
+from conserver.queue.protocol import AckEffect, Claim, QueueSettings, claim_label
 from conserver.storage import load_sinks
 from conserver.tasks.chain import ChainLinks, Failed, Halted, Passed, ack_effects
 from conserver.vcon import InvalidVcon, Vcon, check_uuid, parse_vcon
@@ -51,25 +52,30 @@ T = TypeVar("T")
 
 
 class _RedisBackoff:
-    """Retry a Redis step with growing pauses while the worker is not told to stop."""
+    """Retry a Redis step with growing pauses while the worker is not told to stop; the
+    outage is logged once per interval (``outage``, shared with the heartbeat thread)."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: Any, outage: OutageLog):
         self.ctx = ctx
+        self.outage = outage
         self.failed = False  # set on any failure: see StorePipeline.give_back_lost_claims
 
     def call(self, fn: Callable[[], T], what: str, *, give_up_on_stop: bool = False) -> T | None:
         delay = 0.1
         while True:
             try:
-                return fn()
+                result = fn()
             except REDIS_DOWN as exc:
                 self.failed = True
                 if give_up_on_stop and self.ctx.stopping:
                     return None
-                log.warning("redis unavailable during %s (%s); retrying in %.1fs", what, exc, delay)
+                self.outage.failed(what, exc)
                 self.ctx.heartbeat()
                 time.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, 5.0)
+                continue
+            self.outage.ok()
+            return result
 
 
 def vcon_of(claim: Claim, max_bytes: int, keys: KeyLayout = DEFAULT_KEYS) -> Vcon:
@@ -99,7 +105,8 @@ class StorePipeline(WorkerTask):
         self.redis = make_redis(cfg, client_name=f"conserver-worker-{self.ctx.number}")
         self.queue = self.open_queue()
         self.ctx.set_ident(self.queue.worker_id)
-        self.retry = _RedisBackoff(self.ctx)
+        self.outage = OutageLog(log)
+        self.retry = _RedisBackoff(self.ctx, self.outage)
         self.chain_metrics = chain_metrics()
         self.links = ChainLinks(pool, self.redis, concurrency=cfg.vcon_concurrency, max_bytes=cfg.max_vcon_bytes,
                                 body_key=getattr(self.queue, "keys", DEFAULT_KEYS).body,
@@ -139,11 +146,14 @@ class StorePipeline(WorkerTask):
         return WorkerClaims(self.redis, QueueSettings.from_config(self.ctx.config, self.ctx.pool), make_worker_id())
 
     def _beat_loop(self, every: float) -> None:
+        # Whatever Redis answers, this thread goes on: it dies only with the process.
         while not self.beating.wait(every):
             try:
                 self.queue.beat(self._beat_info())
             except REDIS_DOWN as exc:
-                log.warning("redis unavailable for the heartbeat (%s)", exc)
+                self.outage.failed("the heartbeat", exc)
+            except Exception:  # a bug must not end the heartbeat silently either
+                log.exception("heartbeat failed")
 
     def _beat_info(self) -> dict[str, Any]:
         links = getattr(self, "links", None)
@@ -171,9 +181,10 @@ class StorePipeline(WorkerTask):
             claims = self.queue.claim_batch(self.tick, max_items=1 if self.isolating else None)
         except REDIS_DOWN as exc:
             self.retry.failed = True
-            log.warning("redis unavailable while claiming (%s); backing off", exc)
+            self.outage.failed("claiming", exc)
             time.sleep(min(1.0, self.tick) * random.uniform(0.5, 1.0))
             return
+        self.outage.ok()
         if not claims:
             self.isolating = False
             return
@@ -194,7 +205,7 @@ class StorePipeline(WorkerTask):
     def process(self, claims: list[Claim]) -> None:
         ctx = self.ctx
         started = time.monotonic()
-        ctx.busy(claims[0].uuid or claims[0].item_id)
+        ctx.busy(claim_label(claims[0]))  # escaped and short: the item may be megabytes of garbage
         valid: list[tuple[Claim, Vcon]] = []
         max_bytes = ctx.config.max_vcon_bytes
         for claim in claims:

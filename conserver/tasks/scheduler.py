@@ -11,6 +11,7 @@ import time
 
 from conserver.process.worker import WorkerTask
 from conserver.queue.client import REDIS_DOWN, make_redis, make_worker_id
+from conserver.queue.outage import OutageLog
 from conserver.queue.recovery import LeaderLock, Recovery
 
 log = logging.getLogger("conserver.tasks.scheduler")
@@ -29,6 +30,7 @@ class SchedulerTask(WorkerTask):
         self.interval = cfg.scheduler_interval
         self.next_sweep = self.next_scan = 0.0  # a sweep (with a scan) also runs at start
         self.leader = False
+        self.outage = OutageLog(log)
 
     def open_queue(self) -> tuple[Recovery, LeaderLock]:
         """What the scheduler acts with, and the lock that says when. The one seam where a
@@ -54,8 +56,9 @@ class SchedulerTask(WorkerTask):
                     if scan:
                         self.next_scan = now + self.SCAN_EVERY
                     self.recovery.sweep_orphans(scan=scan)
+            self.outage.ok()
         except REDIS_DOWN as exc:
-            log.warning("scheduler: redis unavailable (%s)", exc)
+            self.outage.failed("the scheduler's turn", exc)
         self.ctx.heartbeat()
         deadline = time.monotonic() + self.interval
         while not self.ctx.stopping and time.monotonic() < deadline:

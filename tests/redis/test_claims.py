@@ -15,6 +15,7 @@ from conserver.dev.samples import sample_vcon
 from conserver.queue.claims import WorkerClaims
 from conserver.queue.client import item_id
 from conserver.queue.keys import DEFAULT_KEYS as K
+from conserver.queue.scripts import QUEUE_SCRIPTS
 from conserver.tasks.pipeline import vcon_of
 from conserver.vcon import InvalidVcon
 from tests.redis.helpers import items, settings, uuids_of, vcons
@@ -144,7 +145,8 @@ def test_claim_rerun_after_lost_reply_returns_the_same_batch(r, make_claims, adm
     first = q._run_claim(3, "tok-1")
     second = q._run_claim(3, "tok-1")
     assert first[0] == second[0] == 3
-    assert first[3][::7] == second[3][::7] and len(first[3][::7]) == 3  # the same items
+    assert first[3][::8] == second[3][::8] and len(first[3][::8]) == 3  # the same items
+    assert first[6] == second[6] == 0  # and the same fencing tokens (the first batch: 1, 2, 3)
     assert r.llen("default") == 6 and r.llen(K.processing(q.worker_id, "default")) == 3
     assert r.hget(K.deliveries, first[3][0]) == b"1"  # not counted twice
 
@@ -192,19 +194,33 @@ def test_inline_item_and_bad_items(r, make_claims):
     assert meta[b"reason"] == b"unsafe_uuid"
 
 
-def _has_redisjson(r) -> bool:
-    return any(m.get(b"name", m.get("name")) in (b"ReJSON", "ReJSON") for m in r.module_list())
-
-
-def test_redisjson_body_slow_path(r, make_claims):
-    if not _has_redisjson(r):
-        pytest.skip("RedisJSON module not loaded")
-    q = make_claims()
+def test_redisjson_body_fast_path(redisjson_url):
+    """A body that vcon-server's API wrote (RedisJSON) comes with the claim: one EVALSHA, the
+    JSON.GET inside the script, no round trip of its own (MONITOR tells the two apart)."""
+    r = redis.Redis.from_url(redisjson_url)
+    q = WorkerClaims(r, settings(batch_size=10), "test:json:1")
     doc = sample_vcon(random.Random(8))
     r.execute_command("JSON.SET", f"vcon:{doc['uuid']}", "$", orjson.dumps(doc))
     r.rpush("default", doc["uuid"])
-    (claim,) = q.claim_batch(0)
-    assert parse(q, claim).data == doc
+    q.beat()
+    r.script_load(QUEUE_SCRIPTS["claim"].text)  # as after a first claim
+    watcher = redis.Redis.from_url(redisjson_url)
+    with watcher.monitor() as m:
+        r.echo("start")
+        (claim,) = q.claim_batch(0)
+        r.echo("end")
+        seen = []
+        while True:
+            cmd = m.next_command()
+            if cmd["command"] == "ECHO end":
+                break
+            seen.append((cmd["client_type"], cmd["command"].split()[0].upper()))
+    ours = [c for t, c in seen if t != "lua"]
+    assert ours == ["ECHO", "EVALSHA"], seen
+    assert ("lua", "JSON.GET") in seen
+    assert (claim.status, claim.body_type) == ("ok", "json") and parse(q, claim).data == doc
+    r.close()
+    watcher.close()
 
 
 # --- ack, give back -----------------------------------------------------------------------------
@@ -356,7 +372,8 @@ def test_dead_letter_meta_contents(r, make_claims, admin):
     (c,) = q.claim_batch(0)
     assert q.dead_letter(c, "broken_json", ValueError("unexpected character " + "x" * 5000), attempts=2)
     meta = {k.decode(): v.decode() for k, v in r.hgetall(K.dlq_meta("default", c.uuid)).items()}
-    assert set(meta) == {"reason", "error", "attempts", "deliveries", "worker", "time", "list", "uuid", "item_id"}
+    assert set(meta) == {"reason", "error", "attempts", "deliveries", "worker", "time", "list", "uuid", "item_id",
+                         "excerpt"}
     assert meta["reason"] == "broken_json" and meta["attempts"] == "2" and meta["deliveries"] == "1"
     assert meta["error"].startswith("ValueError: unexpected character") and len(meta["error"]) < 2100
     assert meta["uuid"] == meta["item_id"] == c.uuid and meta["list"] == "default"

@@ -13,6 +13,7 @@ from conserver.queue.admin import QueueAdmin
 from conserver.queue.claims import WorkerClaims
 from conserver.queue.memory import MemoryQueue
 from conserver.queue.recovery import LeaderLock, Recovery
+from conserver.queue.protocol import escaped_excerpt
 from tests.redis.helpers import settings, uuids_of, vcons
 
 
@@ -196,3 +197,67 @@ def test_leader_lock(side):
     side.wait(0.6)
     assert a.holder() is None and b.acquire() and not a.acquire()
     assert b.release() and a.acquire()
+
+
+def test_copies_of_an_item_are_one_delivery(side):
+    """A producer pushing a uuid again: copies in one batch are one claim, a copy of an item in
+    flight waits (merged into one delayed entry) until that claim is resolved, and neither
+    counts as a delivery, however many there are; a copy of one back from a dead worker counts."""
+    q = side.claims(max_deliveries=2, batch_size=50)
+    data = vcons(3)
+    for _ in range(8):
+        side.enqueue("default", data)
+    batch = q.claim_batch(0)
+    assert uuids_of(batch) == [u for u, _ in data] and [c.deliveries for c in batch] == [1, 1, 1]
+    assert side.listed() == [] and side.depths()["processing"] == 3
+    for _ in range(8):  # pushed again while in flight
+        side.enqueue("default", data)
+    assert q.claim_batch(0) == [] and side.listed() == []
+    assert side.depths()["delayed"] == 3 and side.dead() == []
+    assert q.ack(batch) == 3
+    assert side.recovery().move_due(now=time.time() + 5) == 3
+    again = q.claim_batch(0)
+    assert sorted(uuids_of(again)) == sorted(u for u, _ in data) and [c.deliveries for c in again] == [1, 1, 1]
+    side.recovery().requeue_worker(q.worker_id)  # it "crashed" holding them
+    side.enqueue("default", data[:1])
+    q.beat()
+    back = q.claim_batch(0)
+    assert [c.deliveries for c in back] == [2, 2, 2] and len(side.listed()) == 0  # the copy went with it
+    side.recovery().requeue_worker(q.worker_id)
+    q.beat()
+    assert q.claim_batch(0) == [] and [d[0] for d in side.dead()] == ["poison"] * 3
+
+
+def test_dead_letter_metadata_of_untrusted_items_is_bounded(side):
+    """Its id, its uuid only when short, and a short excerpt escaped byte by byte: the Lua of the
+    scripts and protocol.escaped_excerpt write the same."""
+    q = side.claims(batch_size=10)
+    every_byte = bytes(range(256)) * 40
+    inline = b'{"uuid": "' + b"u" * 200 + b'", "x": "\\u0007\xc3\xa9"}'
+    side.push("default", every_byte, b"a\\x41\n\x00", inline, "../../etc/passwd")
+    for c in q.claim_batch(0):
+        assert q.dead_letter(c, "bad", "x")
+    dead = side.dead()
+    assert [d[3] for d in dead] == ["", "a\\\\x41\\x0a\\x00", "", "../../etc/passwd"]
+    expected = [escaped_excerpt(i) for i in (every_byte, b"a\\x41\n\x00", inline, b"../../etc/passwd")]
+    entries = side.q.dlq_list("default") if isinstance(side, MemorySide) else QueueAdmin(side.r, ["default"]).dlq_list()
+    assert [e["excerpt"] for e in entries] == expected
+    assert expected[0].startswith("\\x00\\x01") and expected[0].endswith("... (10240 bytes)") and len(expected[0]) < 300
+
+
+def test_fencing_tokens_grow_and_the_lease_check_sees_a_sweep(side):
+    """Every later claim has a larger token, whoever makes it; a claim a sweep took away from a
+    stalled worker is no longer held, and its next claim has a larger token than the stale one."""
+    stalled = side.claims(worker_id="stalled:1:1", heartbeat_ttl=0.5, batch_size=2)
+    other = side.claims(worker_id="other:1:1", heartbeat_ttl=30, batch_size=2)
+    side.enqueue("default", vcons(4))
+    first, second = stalled.claim_batch(0), other.claim_batch(0)
+    tokens = [c.fence for c in first + second]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 4 and tokens[0] > 0
+    assert stalled.still_holds(first) == [True, True] and other.still_holds(first) == [False, False]
+    side.wait(1.0)  # the stalled worker's heartbeat expires
+    assert side.recovery().sweep_orphans() == 2
+    assert stalled.still_holds(first) == [False, False]
+    other.beat()
+    again = other.claim_batch(0)
+    assert uuids_of(again) == uuids_of(first) and min(c.fence for c in again) > max(tokens)

@@ -57,14 +57,34 @@ local function uuid_of(item)
   return ''
 end
 
--- the dead-letter itself: the DLQ list of src gets the original item, a meta hash sits beside it
-local function bury(src, item, id, reason, err, attempts, deliveries, worker, now)
+-- an untrusted string as metadata keeps it: at most 64 bytes, '\' and every byte that is not
+-- printable ASCII escaped (\xNN), then how long it was (protocol.escaped_excerpt says the same)
+local EXCERPT = 64
+local function escape_byte(c)
+  local b = string.byte(c)
+  if b == 92 then return '\\\\' end
+  if b < 32 or b > 126 then return string.format('\\x%02x', b) end
+  return c
+end
+local function excerpt(text)
+  local head = string.gsub(string.sub(text, 1, EXCERPT), '.', escape_byte)
+  if #text > EXCERPT then head = head .. '... (' .. #text .. ' bytes)' end
+  return head
+end
+
+-- the dead-letter itself: the DLQ list of src gets the original item, a meta hash sits beside
+-- it. What the meta keeps of the item is bounded, however big the item: its id, its uuid
+-- only when short (escaped), and an excerpt.
+-- The body gets ``expiry`` seconds to live (VCON_DLQ_EXPIRY, as vcon-server does; 0: as it was).
+local function bury(src, item, id, reason, err, attempts, deliveries, worker, now, expiry)
   redis.call('RPUSH', DLQ .. src, item)
+  if expiry > 0 and id == item then redis.call('EXPIRE', BODY .. item, expiry) end
   local meta = DLQ .. src .. DLQ_META .. id
+  local uuid = uuid_of(item)
   redis.call('DEL', meta)
   redis.call('HSET', meta, 'reason', reason, 'error', err, 'attempts', attempts,
              'deliveries', deliveries, 'worker', worker, 'time', now, 'list', src,
-             'uuid', uuid_of(item), 'item_id', id)
+             'uuid', #uuid <= EXCERPT and excerpt(uuid) or '', 'item_id', id, 'excerpt', excerpt(item))
   redis.call('HDEL', DELIVERIES, id)
   redis.call('HDEL', ATTEMPTS, id)
 end

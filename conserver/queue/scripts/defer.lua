@@ -1,7 +1,7 @@
 -- Retry later, or dead-letter when the retries are used up.
 -- KEYS[1] processing list, KEYS[2] delayed zset.
 -- ARGV: item, id, source, count ('1'/'0'), max_retries, backoff, backoff_max, jitter (0..1),
---       fixed delay (<0: computed), error, worker, now (ISO)
+--       fixed delay (<0: computed), error, worker, now (ISO), the TTL a dead-lettered body gets
 -- -> {1, attempts, due} deferred; {0, attempts} dead-lettered (retries_exhausted); {-1, 0} not ours
 local item, id, src = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('LREM', KEYS[1], 1, item) == 0 then return {-1, 0} end
@@ -9,7 +9,8 @@ local n
 if ARGV[4] == '1' then
   n = redis.call('HINCRBY', ATTEMPTS, id, 1)
   if n > tonumber(ARGV[5]) then
-    bury(src, item, id, 'retries_exhausted', ARGV[10], n, redis.call('HGET', DELIVERIES, id) or '0', ARGV[11], ARGV[12])
+    bury(src, item, id, 'retries_exhausted', ARGV[10], n, redis.call('HGET', DELIVERIES, id) or '0', ARGV[11], ARGV[12],
+         tonumber(ARGV[13]))
     return {0, n}
   end
 else
