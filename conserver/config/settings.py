@@ -93,8 +93,6 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "vCons of a batch whose links run at once in one worker (links keep their order within a vCon).\n"
                 "Seed 001's WORKER_CONCURRENCY means the same here (see docs/chains.md).",
                 aliases=("WORKER_CONCURRENCY",)),
-        Setting("VCON_DLQ_EXPIRY", "vcon_dlq_expiry", Duration("s", 0, 3650 * DAY), "604800",
-                "A vCon dead-lettered because a link failed keeps its body this long (0 = no expiry set)."),
         Setting("WORKER_MODE", "worker_mode", Choice(WORKER_MODES, empty="no mode: the pools as configured"), "",
                 "Seed 001's modes, mapped onto chains: thin, default, specialized, job-specialized, scheduler-only."),
         Setting("WORKER_PRIORITIES", "worker_priorities", OptionalNames(), "",

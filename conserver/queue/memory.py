@@ -51,7 +51,7 @@ class MemoryQueue:
         self.lists: dict[str, list[bytes]] = defaultdict(list)
         self.bodies: dict[str, bytes] = {}  # item text -> body
         self.body_types: dict[str, str] = {}  # item text -> "json" once an ack rewrote it as RedisJSON
-        self.ttls: dict[str, int] = {}  # item text -> seconds an ack set its body to expire in (never applied)
+        self.ttls: dict[str, int] = {}  # item text -> TTL an ack or a dead letter set (never applied)
         self.processing: dict[tuple[str, str], list[bytes]] = {}  # (worker, list) -> claim order
         self.deliveries: dict[str, int] = {}
         self.attempts: dict[str, int] = {}
@@ -121,8 +121,11 @@ class MemoryQueue:
         return True
 
     def bury(self, source: str, item: bytes, iid: str, reason: str, error: str, attempts: int,
-             worker_id: str) -> None:
+             worker_id: str, body_expiry: int = 0) -> None:
         self.dead[source].append(item)
+        text = item.decode(errors="replace")
+        if body_expiry and text in self.bodies:  # as the scripts do: VCON_DLQ_EXPIRY on the body
+            self.ttls[text] = int(body_expiry)
         self.dead_meta[(source, iid)] = {
             "reason": reason, "error": error, "attempts": int(attempts), "deliveries": self.deliveries.get(iid, 0),
             "worker": worker_id, "time": now_iso(), "list": source, "uuid": dead_letter_uuid(item), "item_id": iid,
@@ -202,7 +205,7 @@ class MemoryClaims:
                 q.deliveries[iid] = deliveries = q.deliveries.get(iid, 0) + 1
                 if deliveries > s.max_deliveries:
                     q.bury(source, item, iid, "poison", f"claimed {deliveries} times and never acked, deferred or "
-                           "dead-lettered", q.attempts.get(iid, 0), self.worker_id)
+                           "dead-lettered", q.attempts.get(iid, 0), self.worker_id, s.dlq_expiry_s)
                     continue
                 claims.append(self._claim(item, source, iid, deliveries))
                 size += claims[-1].size + (0 if claims[-1].inline else len(item))  # as claim.lua counts
@@ -281,7 +284,8 @@ class MemoryClaims:
         if not q.take(self.worker_id, claim.source, claim.item):
             return False
         counted = q.attempts.get(claim.item_id, 0) if attempts is None else attempts
-        q.bury(claim.source, claim.item, claim.item_id, reason, error_text(error), counted, self.worker_id)
+        q.bury(claim.source, claim.item, claim.item_id, reason, error_text(error), counted, self.worker_id,
+               self.settings.dlq_expiry_s)
         return True
 
     @_locked
@@ -293,7 +297,8 @@ class MemoryClaims:
         if count_attempt:
             q.attempts[iid] = n = q.attempts.get(iid, 0) + 1
             if n > s.max_retries:
-                q.bury(claim.source, claim.item, iid, "retries_exhausted", error_text(error), n, self.worker_id)
+                q.bury(claim.source, claim.item, iid, "retries_exhausted", error_text(error), n, self.worker_id,
+                       s.dlq_expiry_s)
                 return False
         else:
             n = q.attempts.setdefault(iid, 0)

@@ -286,10 +286,7 @@ class StorePipeline(WorkerTask):
             self.retry.call(lambda: self.queue.defer(claim, error), "defer")
             self._record_error(claim.uuid or claim.item_id, error)
             return
-        self.dead_letter(claim, failure.reason, error)
-        expiry = int(self.ctx.config.vcon_dlq_expiry)
-        if expiry and not claim.inline:
-            self.retry.call(lambda: self.queue.set_body_ttl(claim.uuid, expiry), "dead-letter body expiry")
+        self.dead_letter(claim, failure.reason, error)  # the dead-letter step sets VCON_DLQ_EXPIRY
 
     def store(self, valid: list[tuple[Claim, Vcon]], acks: list[Claim],
               effects: dict[str, list[AckEffect]]) -> tuple[int, int]:
