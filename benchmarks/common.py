@@ -346,17 +346,22 @@ class Conserver:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        self._log.close()
+        _reap(self.proc, self._log)
 
     def __enter__(self) -> "Conserver":
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _reap(proc: subprocess.Popen, log) -> None:
+    """Wait (bounded) for a killed process, then close its log."""
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    log.close()
 
 
 class Group:
@@ -381,11 +386,7 @@ class Group:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        self._log.close()
+        _reap(self.proc, self._log)
 
     def log_tail(self, lines: int = 30) -> str:
         self._log.flush()

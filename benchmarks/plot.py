@@ -33,6 +33,16 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, data: dict[str, Any], name: str, bottom: float) -> str:
+    """Footer, layout, benchmarks/{name}.png; returns the file's name."""
+    _footer(fig, data)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    path = BENCH_DIR / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def _footer(fig, data: dict[str, Any]) -> None:
     m = data.get("machine", {})
     fig.text(0.01, 0.01, f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, Python {m.get('python', '?')}, "
@@ -70,12 +80,7 @@ def plot_scaling(plt) -> str | None:
     ax2.set_title("Efficiency and the Redis ceiling")
     ax2.grid(alpha=0.3)
     ax2.legend()
-    _footer(fig, data)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path = BENCH_DIR / "scaling.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(plt, fig, data, "scaling", bottom=0.04)
 
 
 def _rows(data: Any) -> list[dict]:
@@ -173,12 +178,7 @@ def plot_queue(plt) -> str | None:
     for y, (_, v) in enumerate(items):
         ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    _footer(fig, data)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path = BENCH_DIR / "queue.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(plt, fig, data, "queue", bottom=0.05)
 
 
 def plot_memory(plt) -> str | None:
@@ -197,12 +197,7 @@ def plot_memory(plt) -> str | None:
         ax.set_title("null store" if stores == "null" else "postgres + s3 + elasticsearch")
         ax.grid(alpha=0.3)
         ax.legend()
-    _footer(fig, data)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path = BENCH_DIR / "memory.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(plt, fig, data, "memory", bottom=0.04)
 
 
 def plot_lifecycle(plt) -> str | None:
@@ -228,12 +223,7 @@ def plot_lifecycle(plt) -> str | None:
         a.set_yscale("log")
         a.grid(axis="y", alpha=0.3)
         a.legend()
-    _footer(fig, data)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path = BENCH_DIR / "lifecycle.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(plt, fig, data, "lifecycle", bottom=0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
