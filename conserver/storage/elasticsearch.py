@@ -134,8 +134,14 @@ class ElasticsearchSink(Sink):
 
     def actions(self, vcon: "Vcon") -> list[tuple[str, str, dict]]:
         """(index, _id, document) for every document of one vCon."""
+        out: list[tuple[str, str, dict]] = []
+        if vcon.form == "encrypted":
+            # only what the protected header reveals (the uuid); nothing of the content
+            if self.vcon_index:
+                out.append((self.index, vcon.uuid, {"uuid": vcon.uuid, "vcon_id": vcon.uuid, "form": vcon.form}))
+            return out
+        # a signed vCon: its payload's parts (the envelope is kept by PostgreSQL and S3)
         data = normalize_legacy_fields(vcon.data)
-        out = []
         if self.vcon_index:
             out.append((self.index, vcon.uuid, {**data, "vcon_id": vcon.uuid, "tenant_id": vcon.tenant,
                                                 "started_at": started_at(vcon)}))
@@ -167,9 +173,13 @@ class ElasticsearchSink(Sink):
         dumps = orjson.dumps
         for v in vcons:
             mine: list[bytes] = []
-            for index, doc_id, doc in self.actions(v):
-                mine.append(dumps({"index": {"_index": index, "_id": doc_id}}))
-                mine.append(dumps(doc))
+            try:
+                for index, doc_id, doc in self.actions(v):
+                    mine.append(dumps({"index": {"_index": index, "_id": doc_id}}))
+                    mine.append(dumps(doc))
+            except Exception as exc:  # orjson's 254 levels, a date that overflows: this vCon's alone
+                result[v.uuid] = exc
+                continue
             added = sum(map(len, mine)) + len(mine)
             if lines and size + added > MAX_BULK_BYTES:  # rare: only batches of very large vCons
                 self._bulk(lines, owners, result)
