@@ -245,7 +245,12 @@ class ElasticsearchSink(Sink):
                 # templates whose patterns overlap need distinct priorities; two prefixes
                 # of the same length never overlap
                 "priority": 100 + len(self.prefix),
-                "template": {"mappings": {"properties": {"vcon_id": _KEYWORD_TOO, "tenant_id": _KEYWORD_TOO}}},
+                # ignore_malformed: the part indices map dynamically, so after one dialog whose
+                # start is RFC 3339 `start` is a date, and a later vCon with "2025-11-03 14:05"
+                # (which the draft only counts as nonconforming) would be refused; it is kept
+                # unindexed in that field instead
+                "template": {"settings": {"index.mapping.ignore_malformed": True},
+                             "mappings": {"properties": {"vcon_id": _KEYWORD_TOO, "tenant_id": _KEYWORD_TOO}}},
             }
             self._request("PUT", f"/_index_template/{self.prefix}vcon-parts", body=template)
         if self.vcon_index:
