@@ -172,6 +172,9 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "vcon-server's per-part indices (vcon_parties_{role}, vcon_dialog, ...): its layout, the default."),
         Setting("ELASTICSEARCH_VCON_INDEX", "elasticsearch_vcon_index", Bool(), "false",
                 "Also (or instead) conserver's one document per vCon in {prefix}vcons."),
+        Setting("CONSERVER_ES_MAX_DERIVED_INDICES", "es_max_derived_indices", Int(1, 100000), "100",
+                "Part indices named after content (a role, an attachment purpose, an analysis type) at most;\n"
+                "past it a kind's new names go to {prefix}vcon_{kind}_overflow (a WARNING and a metric)."),
         Setting("ELASTICSEARCH_CLOUD_ID", "elasticsearch_cloud_id", Text(), "",
                 "Elastic Cloud id (name:base64); ELASTICSEARCH_URL is derived from it (set only one)."),
         Setting("ELASTICSEARCH_CA_CERTS", "elasticsearch_ca_certs", Text(), "",

@@ -42,6 +42,7 @@ from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
 from conserver.storage.base import BatchResult, Sink, StoreError, http_status_is_transient
 from conserver.storage.compat import normalize_legacy_fields
 from conserver.storage.elasticsearch_parts import ADDED_FIELDS, index_patterns, part_documents, parts_of
+from conserver.storage.index_cap import IndexCap, overflow_counter
 
 if TYPE_CHECKING:
     from conserver.config import Config
@@ -88,6 +89,8 @@ class ElasticsearchSink(Sink):
         self.vcon_index = config.elasticsearch_vcon_index
         self._client: OpenSearch | None = None
         self._schema_ready = False
+        self.index_cap = IndexCap(self.prefix, config.es_max_derived_indices, self._part_index_names,
+                                  overflow_counter())
 
     # -- lifecycle
 
@@ -146,8 +149,13 @@ class ElasticsearchSink(Sink):
             out.append((self.index, vcon.uuid, {**data, "vcon_id": vcon.uuid, "tenant_id": vcon.tenant,
                                                 "started_at": started_at(vcon)}))
         if self.part_indices:
-            out += part_documents(data, vcon.uuid, self.prefix)
+            admit = self.index_cap.admit
+            out += [(admit(index), doc_id, doc) for index, doc_id, doc in part_documents(data, vcon.uuid, self.prefix)]
         return out
+
+    def _part_index_names(self) -> list[str]:
+        params = {"ignore_unavailable": "true", "allow_no_indices": "true"}
+        return list(self._request("GET", f"/{self.prefix}vcon_*", params=params) or {})
 
     # -- writing
 
