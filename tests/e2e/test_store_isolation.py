@@ -12,7 +12,6 @@ import json
 import uuid as uuid_mod
 
 import orjson
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
