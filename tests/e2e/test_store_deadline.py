@@ -40,11 +40,11 @@ def test_a_hung_postgres_is_cut_off_while_s3_and_elasticsearch_keep_committing(s
         env = {**stack_env, "POSTGRES_DSN": pg.dsn, "CONSERVER_WORKERS": "2", "CONSERVER_STORE_TIMEOUT": "3s",
                "CONSERVER_ENABLE_SCHEDULER": "true"}  # the default (the test helper turns it off)
         cfg, queue = queue_for(env)
+        c = start_conserver(env)
+        first = enqueue_samples(queue, 200)
         reader = StoreReader(cfg)
         try:
-            c = start_conserver(env)
-            first = enqueue_samples(queue, 200)
-            wait_drained(queue, 60)
+            wait_drained(queue, 60)  # PostgreSQL is stopped under load from a steady state
             stopped_at = time.monotonic()
             freeze(pg.pid, signal.SIGSTOP)
             try:
