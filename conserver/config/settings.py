@@ -129,7 +129,8 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
         Setting("CONSERVER_PARALLEL_STORAGE", "parallel_storage", Bool(), "true",
                 "true: write a batch to all stores at once; false: one after another."),
         Setting("CONSERVER_STORE_TIMEOUT", "store_timeout", Duration("s", 0.1, 600), "10s",
-                "Every store call has this timeout; transient failures are retried this many times with backoff."),
+                "Every store call has this deadline, enforced by the fan-out (a hung store is abandoned and\n"
+                "counts as a failure); transient failures are retried CONSERVER_STORE_RETRIES times with backoff."),
         Setting("CONSERVER_STORE_RETRIES", "store_retries", Int(0, 20), "3"),
         Setting("CONSERVER_STORE_THREADS", "store_threads", Int(1, 256), "32",
                 "Threads per store in each worker: S3 PUTs (two per vCon with lookup objects) run\n"
