@@ -7,8 +7,10 @@
 - each rule of ``Vcon.nonconforming`` is counted in ``conserver_vcon_nonconforming_total{rule}``
   and logged at most once per rule every :data:`LOG_EVERY` seconds (with how many more
   there were), so a producer that gets one thing wrong does not flood the log;
-- with CONSERVER_STRICT_VCON the vCon is refused instead, the first rule as the reason;
-- an encrypted vCon is held back as ``form_not_stored`` (see :data:`STORED_FORMS`).
+- with CONSERVER_STRICT_VCON the vCon is refused instead, the first rule as the reason.
+
+Every form is stored: signed and encrypted vCons as received (the envelope), see
+conserver/storage/compat.py ``stored_form``.
 
 One per worker, created after the fork (the counter lives in the worker's metric files).
 """
@@ -24,11 +26,6 @@ from conserver.vcon import REVISION, RULES, InvalidVcon, Vcon, check_critical
 
 log = logging.getLogger("conserver.conformance")
 LOG_EVERY = 60.0  # seconds between two log lines about the same rule
-# The stores file every vCon under its created_at (the S3 key, the index's started_at), which
-# an encrypted vCon does not reveal (Vcon.created_at is None). Until they handle that (the
-# store-side part of issue 13), an encrypted vCon waits in the dead letters, where
-# `conserver dlq requeue` finds it later, instead of failing the write of its whole batch.
-STORED_FORMS = frozenset({"unsigned", "signed"})
 
 
 class Conformance:
@@ -48,8 +45,6 @@ class Conformance:
 
     def admit(self, vcon: Vcon) -> Vcon:
         """``vcon`` if it may be stored, else :class:`InvalidVcon`."""
-        if vcon.form not in STORED_FORMS:
-            raise InvalidVcon("form_not_stored", f"the stores cannot file a vCon in the {vcon.form} form yet")
         check_critical(vcon, self.supported)
         if not vcon.nonconforming:
             return vcon

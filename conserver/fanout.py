@@ -15,6 +15,16 @@ It knows nothing of Redis: the worker passes in which stores already committed e
 single-thread pool for the whole life of the worker (threads are never made per vCon or
 per batch); a store that writes concurrently inside ``write_batch`` (S3) has its own.
 
+Deadline: every store call runs on the store's own call thread and is waited for at most
+CONSERVER_STORE_TIMEOUT. A call past it is abandoned: the store's ``abort()`` breaks what
+it waits on (PostgreSQL: the connection's socket, so the pool drops it), the call thread is
+replaced, and the call counts as a transient failure (the breaker sees it). A store that
+hangs (a PostgreSQL stopped by SIGSTOP still accepts TCP) cannot stall the other stores.
+
+Splitting: a call that fails as a whole with a permanent error (one vCon the store's client
+cannot encode) is split in halves, and those again, down to the vCon at fault, before
+anything is called permanent: its batch-mates are stored.
+
 Retries: a call that fails as a whole with a transient error is repeated for every vCon
 still pending; vCons that failed transiently one by one are repeated alone. Each call asks
 the store's circuit breaker first. A call counts as a breaker failure when it raised a
@@ -24,84 +34,25 @@ fault, not the store's, and counts as a success.
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from conserver.observability.logging import untrusted
 from conserver.resilience import CircuitBreaker, retry_call
+from conserver.outcomes import ALREADY_DONE, BREAKER_OPEN, Action, Outcome, Status, Verdict, decide
 from conserver.storage.base import Sink, StoreError
 
 if TYPE_CHECKING:
     from conserver.config import Config
     from conserver.vcon import Vcon
 
-__all__ = ["ALREADY_DONE", "Action", "BREAKER_OPEN", "Fanout", "Outcome", "Status", "Verdict", "decide"]
+__all__ = ["ALREADY_DONE", "Action", "BREAKER_OPEN", "Fanout", "Outcome", "Status", "StoreCallTimeout", "Verdict",
+           "decide"]
 
 log = logging.getLogger("conserver.fanout")
-
-
-class Status(enum.Enum):
-    OK = "ok"  # committed (now, or by an earlier delivery: attempts == 0)
-    TRANSIENT = "transient"  # failed, may pass later: retry the vCon later
-    PERMANENT = "permanent"  # refused for its content: dead-letter
-    BREAKER_OPEN = "breaker_open"  # not tried, the store's breaker is open: defer, not the vCon's fault
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one store did with one vCon. ``attempts`` counts the store calls it was part of."""
-
-    status: Status
-    error: BaseException | None = None
-    attempts: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status is Status.OK
-
-
-ALREADY_DONE = Outcome(Status.OK)
-BREAKER_OPEN = Outcome(Status.BREAKER_OPEN)
-
-
-class Action(enum.Enum):
-    ACK = "ack"
-    DEFER = "defer"
-    DEAD_LETTER = "dead_letter"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The worker's next step for one vCon.
-
-    ``count_attempt`` is False when a deferral is only because breakers were open (the vCon
-    was not tried, so it must not use up its retries). ``done`` names the stores that hold
-    the vCon now: the worker records them so a later delivery skips them. ``errors`` maps a
-    store to its error.
-    """
-
-    action: Action
-    count_attempt: bool
-    done: frozenset[str]
-    errors: Mapping[str, BaseException]
-
-
-def decide(outcomes: Mapping[str, Outcome]) -> Verdict:
-    """Any permanent -> dead-letter; else any transient or breaker-open -> defer; else ack."""
-    statuses = {o.status for o in outcomes.values()}
-    done = frozenset(store for store, o in outcomes.items() if o.status is Status.OK)
-    errors = {store: o.error for store, o in outcomes.items() if o.error is not None}
-    if Status.PERMANENT in statuses:
-        return Verdict(Action.DEAD_LETTER, True, done, errors)
-    if Status.TRANSIENT in statuses:
-        return Verdict(Action.DEFER, True, done, errors)
-    if Status.BREAKER_OPEN in statuses:
-        return Verdict(Action.DEFER, False, done, errors)
-    return Verdict(Action.ACK, True, done, errors)
 
 
 # store name, seconds spent (retries and waits included), vCons committed, vCons not committed
@@ -114,6 +65,14 @@ class _BreakerOpen(Exception):
 
 class _SomeFailed(Exception):
     """Some vCons of a call failed transiently: retry_call repeats the call for them."""
+
+
+class StoreCallTimeout(StoreError):
+    """A store call ran past CONSERVER_STORE_TIMEOUT and was abandoned (transient)."""
+
+    def __init__(self, store: str, seconds: float, n: int) -> None:
+        super().__init__(f"store {store}: a call of {n} vCons did not finish in {seconds:g}s "
+                         "(CONSERVER_STORE_TIMEOUT); abandoned", transient=True)
 
 
 class Fanout:
@@ -129,6 +88,7 @@ class Fanout:
         backoff_max: float = 2.0,
         breaker_threshold: int = 5,
         breaker_timeout: float = 60.0,
+        call_timeout: float | None = None,
         on_store_result: StoreResultHook | None = None,
         rate_limiters: Mapping[str, Any] | None = None,
         rate_wait: float = 5.0,
@@ -144,6 +104,7 @@ class Fanout:
         self.retries = retries
         self.backoff = backoff
         self.backoff_max = backoff_max
+        self.call_timeout = call_timeout or None  # None: no deadline
         self.on_store_result = on_store_result
         # store -> a token bucket shared by every worker (limits.SharedTokenBucket)
         self.rate_limiters = dict(rate_limiters or {})
@@ -152,18 +113,20 @@ class Fanout:
         self._sleep = sleep
         self.breakers = {s.name: CircuitBreaker(s.name, breaker_threshold, breaker_timeout, clock) for s in sinks}
         self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._callers: dict[str, ThreadPoolExecutor] = {}  # store -> the thread its calls run on
         self._started = False
 
     @classmethod
     def from_config(cls, sinks: Sequence[Sink], config: "Config", **overrides) -> "Fanout":
         """Settings from the configuration: CONSERVER_PARALLEL_STORAGE, CONSERVER_STORE_RETRIES,
-        CONSERVER_STORE_RETRY_BACKOFF, CONSERVER_STORE_RETRY_BACKOFF_MAX, CIRCUIT_BREAKER_THRESHOLD
-        and CIRCUIT_BREAKER_TIMEOUT."""
+        CONSERVER_STORE_RETRY_BACKOFF, CONSERVER_STORE_RETRY_BACKOFF_MAX, CONSERVER_STORE_TIMEOUT,
+        CIRCUIT_BREAKER_THRESHOLD and CIRCUIT_BREAKER_TIMEOUT."""
         settings = dict(
             parallel=config.parallel_storage,
             retries=config.store_retries,
             backoff=config.store_retry_backoff,
             backoff_max=config.store_retry_backoff_max,
+            call_timeout=config.store_timeout,
             breaker_threshold=config.circuit_breaker_threshold,
             breaker_timeout=config.circuit_breaker_timeout,
         )
@@ -173,7 +136,7 @@ class Fanout:
     # -- lifecycle
 
     def start(self) -> "Fanout":
-        """Open every store and, when parallel, start one thread pool per store."""
+        """Open every store, start its call thread and, when parallel, its pool."""
         opened: list[Sink] = []
         try:
             for sink in self.sinks:
@@ -183,6 +146,7 @@ class Fanout:
             for sink in opened:
                 self._close_sink(sink)
             raise
+        self._callers = {s.name: self._caller(s.name) for s in self.sinks}
         if self.parallel:
             self._pools = {
                 s.name: ThreadPoolExecutor(1, thread_name_prefix=f"fanout-{s.name}") for s in self.sinks
@@ -195,6 +159,9 @@ class Fanout:
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
+        callers, self._callers = self._callers, {}
+        for caller in callers.values():
+            caller.shutdown(wait=True, cancel_futures=True)
         if self._started:
             for sink in self.sinks:
                 self._close_sink(sink)
@@ -205,6 +172,10 @@ class Fanout:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @staticmethod
+    def _caller(name: str) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(1, thread_name_prefix=f"store-call-{name}")
 
     @staticmethod
     def _close_sink(sink: Sink) -> None:
@@ -284,16 +255,20 @@ class Fanout:
             calls += 1
             batch = list(pending.values())
             try:
-                result = sink.write_batch(batch)
+                result = self._call(sink, batch)
             except Exception as exc:
                 if limiter is not None and _throttling(exc):
                     limiter.throttled()
                 if is_transient(exc):
                     breaker.record_failure()
                     last_error.update(dict.fromkeys(pending, exc))
-                else:
+                    raise
+                if len(batch) == 1:
                     breaker.record_success()
-                raise
+                    raise
+                log.warning("store %s: a call of %d vCons failed as a whole (%s): splitting it to find the vCon at "
+                            "fault", sink.name, len(batch), untrusted(exc, 300))
+                result = self._split(sink, batch)
             for uuid in list(pending):
                 error = result.get(uuid, _MISSING)
                 if error is None:
@@ -335,6 +310,39 @@ class Fanout:
         seconds = time.perf_counter() - started
         self._report(sink.name, seconds, out, calls)
         return out
+
+    def _call(self, sink: Sink, batch: list["Vcon"]) -> Mapping[str, BaseException | None]:
+        """``sink.write_batch(batch)`` on the store's call thread, within the deadline."""
+        future = self._callers[sink.name].submit(sink.write_batch, batch)
+        try:
+            return future.result(timeout=self.call_timeout)
+        except FutureTimeout:
+            pass
+        log.warning("store %s: a call of %d vCons ran past CONSERVER_STORE_TIMEOUT (%gs): abandoning it",
+                    sink.name, len(batch), self.call_timeout)
+        # A fresh thread for the next call first: the abandoned one may stay blocked a while.
+        stuck, self._callers[sink.name] = self._callers[sink.name], self._caller(sink.name)
+        stuck.shutdown(wait=False)
+        try:
+            sink.abort()
+        except Exception:
+            log.exception("store %s: abort failed", sink.name)
+        raise StoreCallTimeout(sink.name, self.call_timeout or 0, len(batch))
+
+    def _split(self, sink: Sink, batch: list["Vcon"]) -> dict[str, BaseException | None]:
+        """Each half of a batch that failed as a whole, again and again down to single vCons:
+        only the vCon at fault keeps the permanent error; a transient one stays its half's."""
+        result: dict[str, BaseException | None] = {}
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            try:
+                result.update(self._call(sink, part))
+            except Exception as exc:
+                if len(part) == 1 or sink.is_transient(exc):
+                    result.update(dict.fromkeys((v.uuid for v in part), exc))
+                else:
+                    result.update(self._split(sink, part))
+        return result
 
     def _report(self, store: str, seconds: float, out: dict[str, Outcome], calls: int) -> None:
         if not calls:

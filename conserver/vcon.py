@@ -61,7 +61,6 @@ REASONS = {
     "wrong_type": "a member the stores index has another type than §4.1 gives it",
     "unsupported_critical": "critical names an extension not in CONSERVER_SUPPORTED_EXTENSIONS (§4.1.4 MUST NOT process)",
     "missing_body": "the vcon:{uuid} key is missing or expired (raised by the queue)",
-    "form_not_stored": "an encrypted vCon (§5.3), which the stores cannot file yet (raised by conformance.py)",
 }
 
 # Departures from the draft that a vCon is stored with (a stable vocabulary: the metric's

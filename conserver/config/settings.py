@@ -158,7 +158,8 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
         Setting("CONSERVER_PARALLEL_STORAGE", "parallel_storage", Bool(), "true",
                 "true: write a batch to all stores at once; false: one after another."),
         Setting("CONSERVER_STORE_TIMEOUT", "store_timeout", Duration("s", 0.1, 600), "10s",
-                "Every store call has this timeout; transient failures are retried this many times with backoff."),
+                "Every store call has this deadline, enforced by the fan-out (a hung store is abandoned and\n"
+                "counts as a failure); transient failures are retried CONSERVER_STORE_RETRIES times with backoff."),
         Setting("CONSERVER_STORE_RETRIES", "store_retries", Int(0, 20), "3"),
         Setting("CONSERVER_STORE_THREADS", "store_threads", Int(1, 256), "32",
                 "Threads per store in each worker: S3 PUTs (two per vCon with lookup objects) run\n"
@@ -201,6 +202,9 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "vcon-server's per-part indices (vcon_parties_{role}, vcon_dialog, ...): its layout, the default."),
         Setting("ELASTICSEARCH_VCON_INDEX", "elasticsearch_vcon_index", Bool(), "false",
                 "Also (or instead) conserver's one document per vCon in {prefix}vcons."),
+        Setting("CONSERVER_ES_MAX_DERIVED_INDICES", "es_max_derived_indices", Int(1, 100000), "100",
+                "Part indices named after content (a role, an attachment purpose, an analysis type) at most;\n"
+                "past it a kind's new names go to {prefix}vcon_{kind}_overflow (a WARNING and a metric)."),
         Setting("ELASTICSEARCH_CLOUD_ID", "elasticsearch_cloud_id", Text(), "",
                 "Elastic Cloud id (name:base64); ELASTICSEARCH_URL is derived from it (set only one)."),
         Setting("ELASTICSEARCH_CA_CERTS", "elasticsearch_ca_certs", Text(), "",

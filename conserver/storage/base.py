@@ -12,7 +12,12 @@ nothing exists before a fork)::
     sink.ensure_schema()           # table / bucket / index if missing
     sink.migrate(apply)            # `conserver migrate`: an earlier layout brought to this one
     sink.write_batch(vcons)        # {uuid: None (committed) | the error for that vCon}
+    sink.abort()                   # another thread: the fan-out gave up on a call (deadline)
     sink.close()
+
+``write_batch`` catches what one vCon causes (its JSON cannot be encoded, a date overflows)
+and returns it as that vCon's error; a call that still fails as a whole with a permanent
+error is split by the fan-out until the vCon at fault is found.
 
 Errors are *transient* (the store is unreachable, slow, overloaded or misconfigured as a
 whole: retrying later may succeed) or *permanent* (this vCon's content is refused: retrying
@@ -100,6 +105,12 @@ class Sink(ABC):
 
     def close(self) -> None:
         """Release what open() built. Safe to call twice, or without open()."""
+
+    def abort(self) -> None:
+        """Called from another thread when the fan-out abandons a call of this store that ran
+        past CONSERVER_STORE_TIMEOUT: break what that call waits on (a connection), so it ends
+        soon and what it held is not used again. By default nothing: the client's own timeout
+        ends the call."""
 
     def ensure_schema(self) -> None:
         """Create the table, bucket or index (template) if missing. Idempotent."""

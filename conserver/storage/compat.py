@@ -33,7 +33,8 @@ import orjson
 if TYPE_CHECKING:
     from conserver.vcon import Vcon
 
-__all__ = ["LEGACY_ENTRY", "LEGACY_TOP_LEVEL", "normalize_legacy_fields", "stored_body", "wall_clock_date"]
+__all__ = ["LEGACY_ENTRY", "LEGACY_TOP_LEVEL", "normalize_legacy_fields", "stored_body", "stored_form",
+           "wall_clock_date"]
 
 # (legacy name, spec name), applied in this order
 LEGACY_TOP_LEVEL = (("appended", "amended"), ("must_support", "critical"))
@@ -89,6 +90,16 @@ def stored_body(vcon: "Vcon") -> tuple[dict, bytes]:
     """The normalized vCon and its JSON: the bytes received when nothing needed a rename."""
     data = normalize_legacy_fields(vcon.data)
     return data, (vcon.raw if data is vcon.data else orjson.dumps(data))
+
+
+def stored_form(vcon: "Vcon") -> tuple[dict, bytes]:
+    """What a store keeps of a vCon: (the readable vCon, the body to write). An unsigned vCon
+    as :func:`stored_body`; a signed or encrypted one as received, the envelope (draft §5.3:
+    the signed form is maintained; renaming legacy fields would break its signature), with
+    the readable part ``vcon.data`` (a JWS's payload, a JWE's ``{"uuid"}``) beside it."""
+    if vcon.form == "unsigned":
+        return stored_body(vcon)
+    return vcon.data, vcon.raw
 
 
 def wall_clock_date(created_at: str) -> str:

@@ -42,6 +42,7 @@ from opensearchpy.exceptions import NotFoundError, RequestError, TransportError
 from conserver.storage.base import BatchResult, Sink, StoreError, http_status_is_transient
 from conserver.storage.compat import normalize_legacy_fields
 from conserver.storage.elasticsearch_parts import ADDED_FIELDS, index_patterns, part_documents, parts_of
+from conserver.storage.index_cap import IndexCap, overflow_counter
 
 if TYPE_CHECKING:
     from conserver.config import Config
@@ -88,6 +89,8 @@ class ElasticsearchSink(Sink):
         self.vcon_index = config.elasticsearch_vcon_index
         self._client: OpenSearch | None = None
         self._schema_ready = False
+        self.index_cap = IndexCap(self.prefix, config.es_max_derived_indices, self._part_index_names,
+                                  overflow_counter())
 
     # -- lifecycle
 
@@ -134,14 +137,25 @@ class ElasticsearchSink(Sink):
 
     def actions(self, vcon: "Vcon") -> list[tuple[str, str, dict]]:
         """(index, _id, document) for every document of one vCon."""
+        out: list[tuple[str, str, dict]] = []
+        if vcon.form == "encrypted":
+            # only what the protected header reveals (the uuid); nothing of the content
+            if self.vcon_index:
+                out.append((self.index, vcon.uuid, {"uuid": vcon.uuid, "vcon_id": vcon.uuid, "form": vcon.form}))
+            return out
+        # a signed vCon: its payload's parts (the envelope is kept by PostgreSQL and S3)
         data = normalize_legacy_fields(vcon.data)
-        out = []
         if self.vcon_index:
             out.append((self.index, vcon.uuid, {**data, "vcon_id": vcon.uuid, "tenant_id": vcon.tenant,
                                                 "started_at": started_at(vcon)}))
         if self.part_indices:
-            out += part_documents(data, vcon.uuid, self.prefix)
+            admit = self.index_cap.admit
+            out += [(admit(index), doc_id, doc) for index, doc_id, doc in part_documents(data, vcon.uuid, self.prefix)]
         return out
+
+    def _part_index_names(self) -> list[str]:
+        params = {"ignore_unavailable": "true", "allow_no_indices": "true"}
+        return list(self._request("GET", f"/{self.prefix}vcon_*", params=params) or {})
 
     # -- writing
 
@@ -167,9 +181,13 @@ class ElasticsearchSink(Sink):
         dumps = orjson.dumps
         for v in vcons:
             mine: list[bytes] = []
-            for index, doc_id, doc in self.actions(v):
-                mine.append(dumps({"index": {"_index": index, "_id": doc_id}}))
-                mine.append(dumps(doc))
+            try:
+                for index, doc_id, doc in self.actions(v):
+                    mine.append(dumps({"index": {"_index": index, "_id": doc_id}}))
+                    mine.append(dumps(doc))
+            except Exception as exc:  # orjson's 254 levels, a date that overflows: this vCon's alone
+                result[v.uuid] = exc
+                continue
             added = sum(map(len, mine)) + len(mine)
             if lines and size + added > MAX_BULK_BYTES:  # rare: only batches of very large vCons
                 self._bulk(lines, owners, result)
@@ -235,7 +253,12 @@ class ElasticsearchSink(Sink):
                 # templates whose patterns overlap need distinct priorities; two prefixes
                 # of the same length never overlap
                 "priority": 100 + len(self.prefix),
-                "template": {"mappings": {"properties": {"vcon_id": _KEYWORD_TOO, "tenant_id": _KEYWORD_TOO}}},
+                # ignore_malformed: the part indices map dynamically, so after one dialog whose
+                # start is RFC 3339 `start` is a date, and a later vCon with "2025-11-03 14:05"
+                # (which the draft only counts as nonconforming) would be refused; it is kept
+                # unindexed in that field instead
+                "template": {"settings": {"index.mapping.ignore_malformed": True},
+                             "mappings": {"properties": {"vcon_id": _KEYWORD_TOO, "tenant_id": _KEYWORD_TOO}}},
             }
             self._request("PUT", f"/_index_template/{self.prefix}vcon-parts", body=template)
         if self.vcon_index:

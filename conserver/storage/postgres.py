@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import threading
+from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import psycopg
 from psycopg import pq
@@ -35,7 +39,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from conserver.observability.logging import untrusted
 from conserver.storage import postgres_layout as layout
 from conserver.storage.base import BatchResult, Sink, dedupe
-from conserver.storage.compat import stored_body
+from conserver.storage.compat import stored_form
 
 if TYPE_CHECKING:
     from conserver.config import Config
@@ -70,6 +74,8 @@ class PostgresSink(Sink):
     def __init__(self, config: "Config") -> None:
         super().__init__(config)
         self._pool: ConnectionPool | None = None
+        self._in_use: dict[psycopg.Connection, bool] = {}  # connection of a call -> aborted
+        self._in_use_lock = threading.Lock()
         self.table = config.postgres_table
         table = sql.Identifier(self.table)
         names = sql.SQL(", ").join(map(sql.Identifier, _COLUMNS))
@@ -117,30 +123,85 @@ class PostgresSink(Sink):
         if pool is not None:
             pool.close(timeout=self.config.store_timeout)
 
-    def _connection(self):
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
         if self._pool is None:
             raise RuntimeError("PostgresSink used before open()")
         # One fan-out thread uses this pool, so a healthy pool always has a connection at
         # hand; a long wait only means the server is gone. Fail fast then, so the retry and
         # circuit breaker see the outage in seconds, not after CONSERVER_STORE_TIMEOUT.
-        return self._pool.connection(timeout=min(self.config.store_timeout, 2.0))
+        with self._pool.connection(timeout=min(self.config.store_timeout, 2.0)) as conn:
+            with self._in_use_lock:
+                self._in_use[conn] = False
+            try:
+                yield conn
+            finally:
+                with self._in_use_lock:
+                    aborted = self._in_use.pop(conn, False)
+                if aborted and not conn.closed:
+                    conn.close()  # the pool discards a closed connection when it comes back
+
+    def abort(self) -> None:
+        """A server that hangs (SIGSTOP, a frozen VM) still accepts TCP, and neither
+        statement_timeout (the server's) nor tcp_user_timeout (the data is acknowledged)
+        ends the wait. Shutting the socket down wakes the blocked call with a lost
+        connection; it then closes the connection and the pool replaces it."""
+        with self._in_use_lock:
+            conns = list(self._in_use)
+            self._in_use.update(dict.fromkeys(conns, True))
+        for conn in conns:
+            try:
+                fd = conn.pgconn.socket
+                sock = socket.socket(fileno=os.dup(fd))
+            except (OSError, psycopg.Error):
+                continue  # already closed
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.close()  # the duplicate only; libpq's descriptor stays until conn.close()
+        if conns:
+            log.warning("postgres: %d connection(s) of an abandoned call shut down", len(conns))
+
+    def _aborted(self, conn: psycopg.Connection) -> bool:
+        with self._in_use_lock:
+            return self._in_use.get(conn, False)
 
     # -- writing
 
     def write_batch(self, vcons: Sequence["Vcon"]) -> BatchResult:
         rows = []
         now = datetime.now()  # vcon-server's updated_at: the writer's local time, no zone
+        refused: BatchResult = {}
         for v in dedupe(vcons):
-            data, body = stored_body(v)
-            rows.append((v.uuid, data["vcon"], v.uuid, data["created_at"], now, v.subject, body.decode()))
+            try:
+                rows.append(self._row(v, now))
+            except Exception as exc:  # its body cannot be encoded: this vCon's fault alone
+                refused[v.uuid] = exc
+        if not rows:
+            return refused
         try:
             self._upsert_batch(rows)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             if len(rows) == 1:
-                return {rows[0][0]: exc}
+                return {**refused, rows[0][0]: exc}
             log.warning("postgres: batch of %d refused (%s); writing its rows one by one", len(rows), untrusted(exc, 300))
-            return self._write_rows_one_by_one(rows)
-        return dict.fromkeys((v.uuid for v in vcons), None)
+            return {**refused, **self._write_rows_one_by_one(rows)}
+        return {**dict.fromkeys((v.uuid for v in vcons), None), **refused}
+
+    @staticmethod
+    def _row(v: "Vcon", now: datetime) -> tuple:
+        """The row of one vCon. A signed or encrypted vCon is kept as received, the envelope
+        (draft §5.3: the signed form is maintained): ``vcon_json`` is the JWS/JWE JSON, and the
+        scalar columns come from what is readable. ``vcon`` is NOT NULL in vcon-server's
+        model: '' when the vCon has no version (the draft deprecates it, §4.1.1).
+        ``created_at`` of an encrypted vCon is not readable: the column is NOT NULL in
+        vcon-server's model, so it gets the time of writing (as ``updated_at``)."""
+        data, body = stored_form(v)
+        version = data.get("vcon")
+        created = data.get("created_at") if v.created_at is not None else now.isoformat()
+        return (v.uuid, version if isinstance(version, str) else "", v.uuid, created, now, v.subject, body.decode())
 
     def _upsert_batch(self, rows: list[tuple]) -> None:
         # Connections are not checked on checkout (a round trip per batch); one that went
@@ -152,7 +213,7 @@ class PostgresSink(Sink):
                     self._upsert_in_one_round_trip(conn, rows)
                     return
                 except psycopg.OperationalError:
-                    if attempt == 2 or not conn.broken:
+                    if attempt == 2 or not conn.broken or self._aborted(conn):
                         raise
 
     def _upsert_in_one_round_trip(self, conn: psycopg.Connection, rows: list[tuple]) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor, wait
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Sequence
 
 import obstore
@@ -38,7 +38,7 @@ from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import S3Store
 
 from conserver.storage.base import BatchResult, Sink, StoreError, http_status_is_transient
-from conserver.storage.compat import stored_body, wall_clock_date
+from conserver.storage.compat import stored_form, wall_clock_date
 from conserver.vcon import InvalidVcon, parse_vcon
 
 if TYPE_CHECKING:
@@ -67,6 +67,15 @@ class S3Sink(Sink):
 
     def lookup_key(self, uuid: str) -> str:
         return f"{self.prefix}lookup/{uuid}.txt"
+
+    @staticmethod
+    def date_path(v: "Vcon") -> str:
+        """The key's date: created_at as written (a signed vCon's, from its payload). An
+        encrypted vCon does not reveal its created_at: it is filed under the UTC date it was
+        stored on, which its lookup pointer records, so vcon-server's ``get()`` finds it."""
+        if v.created_at is None:
+            return datetime.now(timezone.utc).strftime("%Y/%m/%d")
+        return wall_clock_date(v.data["created_at"])
 
     # -- lifecycle
 
@@ -120,14 +129,20 @@ class S3Sink(Sink):
             raise RuntimeError("S3Sink used before open()")
         submit = self._threads.submit
         jobs = []
+        result: BatchResult = dict.fromkeys((v.uuid for v in vcons), None)
         for v in vcons:
-            date_path = wall_clock_date(v.data["created_at"])
-            jobs.append((v.uuid, submit(self._put, self.key_for(v.uuid, date_path), stored_body(v)[1], _ATTRIBUTES)))
+            try:
+                date_path, body = self.date_path(v), stored_form(v)[1]
+            except Exception as exc:  # its body cannot be encoded: this vCon's fault alone
+                result[v.uuid] = exc
+                continue
+            jobs.append((v.uuid, submit(self._put, self.key_for(v.uuid, date_path), body, _ATTRIBUTES)))
             if self.lookup_objects:
                 jobs.append((v.uuid, submit(self._put, self.lookup_key(v.uuid), date_path.encode(), _LOOKUP_ATTRIBUTES)))
-        # obstore's own timeout bounds each PUT; this bounds the wait for a free thread too.
-        wait([f for _, f in jobs], timeout=self.config.store_timeout * 2 + 1)
-        result: BatchResult = dict.fromkeys((v.uuid for v in vcons), None)
+        # obstore's own timeout bounds each PUT; this bounds the wait for a free thread too,
+        # a little inside the fan-out's deadline for the whole call (CONSERVER_STORE_TIMEOUT)
+        # so that the PUTs that did finish are reported as committed.
+        wait([f for _, f in jobs], timeout=self.config.store_timeout * 0.9)
         for uuid, future in jobs:
             if not future.done():
                 future.cancel()
@@ -224,9 +239,9 @@ class S3Sink(Sink):
 
     def _move_to_vcon_server_key(self, client, old_pointer: str, old_key: str) -> int:
         vcon = parse_vcon(client.get_object(Bucket=self.bucket, Key=old_key)["Body"].read(), None, 0)
-        date_path = wall_clock_date(vcon.data["created_at"])
+        date_path = self.date_path(vcon)
         key, pointer = self.key_for(vcon.uuid, date_path), self.lookup_key(vcon.uuid)
-        client.put_object(Bucket=self.bucket, Key=key, Body=stored_body(vcon)[1], ContentType="application/json")
+        client.put_object(Bucket=self.bucket, Key=key, Body=stored_form(vcon)[1], ContentType="application/json")
         client.put_object(Bucket=self.bucket, Key=pointer, Body=date_path.encode(), ContentType="text/plain")
         if pointer != old_pointer:
             client.delete_object(Bucket=self.bucket, Key=old_pointer)

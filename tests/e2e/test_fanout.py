@@ -245,3 +245,24 @@ def test_one_long_lived_thread_per_store(config):
     assert not [t for t in threading.enumerate() if t.name.startswith("fanout-")]
     with pytest.raises(RuntimeError):
         fanout.store_batch(make_vcons(1), {})
+
+
+# ---------------------------------------------------------------------- deadline
+
+
+def test_a_call_past_the_deadline_is_abandoned_and_counts_for_the_breaker(config):
+    # call_timeout=0.5 s stands in for CONSERVER_STORE_TIMEOUT (10 s) so the test stays short
+    fanout = make_fanout(config, names=("null", FAULTY), call_timeout=0.5, retries=0, breaker_threshold=2)
+    try:
+        faulty(fanout).mode = "slow:3"
+        outcomes = fanout.store_batch(make_vcons(3), {})
+        assert not faulty(fanout).stored  # returned while the hung call still sleeps
+        for o in outcomes.values():
+            assert o["null"].status is Status.OK
+            assert o[FAULTY].status is Status.TRANSIENT and "CONSERVER_STORE_TIMEOUT" in str(o[FAULTY].error)
+        fanout.store_batch(make_vcons(3, seed=1), {})
+        assert fanout.breakers[FAULTY].state == "open"  # two abandoned calls, threshold 2
+        faulty(fanout).mode = "ok"
+        assert {o[FAULTY].status for o in fanout.store_batch(make_vcons(3, seed=2), {}).values()} == {Status.BREAKER_OPEN}
+    finally:
+        fanout.close()
