@@ -235,9 +235,13 @@ def test_stragglers_are_killed_after_the_graceful_timeout(start):
     c.signal(signal.SIGTERM)
     assert c.wait(20) == 0
     log = c.log()
-    assert f"graceful timeout: killing 2 workers still running: {sorted(stuck)}" in log
-    # the scheduler and monitor drained in time; only the two stuck workers were killed
-    assert log.count("stopped after") == 2 and log.count("was killed by SIGKILL") == 2
+    # the two stuck workers are among those killed (on a loaded machine the scheduler or the
+    # monitor may not finish its drain within 2 s either: then it is killed beside them)
+    line = next(x for x in log.splitlines() if "graceful timeout: killing" in x)
+    killed = {int(p) for p in line.rpartition("[")[2].rstrip("]").split(",")}
+    assert set(stuck) <= killed
+    for pid in stuck:
+        assert f"pid={pid} was killed by SIGKILL" in log
     wait_for(lambda: gone(stuck), 5, what="stuck workers gone")
 
 
