@@ -166,7 +166,7 @@ def test_sighup_rolls_workers_one_at_a_time(start, tmp_path):
         retired = [i for i, l in enumerate(lines) if f"retiring worker {n} " in l and "(replaced)" in l]
         assert len(started) == 2 and len(retired) == 1 and started[1] < retired[0]
     c.signal(signal.SIGTERM)
-    assert c.wait(10) == 0
+    assert c.wait(40) == 0  # a generous ceiling: the drain's speed is the lifecycle benchmark's figure
 
 
 def test_sighup_with_bad_config_keeps_running(start, tmp_path):
