@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from conserver.queue.client import item_id
 from conserver.queue import error_log
+from conserver.queue.keys import DEFAULT_KEYS
 from conserver.queue.protocol import (AckEffect, Claim, QueueSettings, WeightedChoice, dead_letter_uuid, error_text,
                                       escaped_excerpt, inline_uuid, mark_uuid, now_iso, producer_items)
 
@@ -165,6 +166,7 @@ class MemoryClaims:
         self.queue = queue
         self._lock = queue._lock
         self.settings = settings
+        self.keys = DEFAULT_KEYS  # the names a Redis queue would use (the pipeline derives body keys)
         self.worker_id = worker_id
         self.ingress_lists = settings.ingress_lists
         self._choice = WeightedChoice(self.ingress_lists, settings.weights) if settings.weights else None

@@ -109,7 +109,7 @@ class StorePipeline(WorkerTask):
         self.retry = _RedisBackoff(self.ctx, self.outage)
         self.chain_metrics = chain_metrics()
         self.links = ChainLinks(pool, self.redis, concurrency=cfg.vcon_concurrency, max_bytes=cfg.max_vcon_bytes,
-                                body_key=getattr(self.queue, "keys", DEFAULT_KEYS).body,
+                                body_key=self.queue.keys.body,
                                 should_stop=lambda: self.ctx.stopping, metrics=self.chain_metrics)
         self.link_state: dict[str, tuple[bool, list[AckEffect]]] = {}  # item_id -> (changed, held) of a Passed
         self.retry.call(lambda: self.queue.beat(self._beat_info()), "the first heartbeat", give_up_on_stop=True)
